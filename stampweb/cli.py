@@ -1,0 +1,182 @@
+"""`flask --app app …` commands: seeding, accounts, the worker and `run-all`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+
+from . import embedded_redis
+from .accounts import AccountError, create_merchant, create_user
+from .extensions import db
+from .models import ROLES, Merchant
+from .tenancy import tenant, unscoped
+
+
+def _fail(exc: AccountError) -> None:
+    raise click.UsageError(f"{exc.field}: {exc.message}")
+
+
+@click.command("seed-demo")
+@click.option("--customers", default=300, show_default=True)
+@click.option("--if-empty", is_flag=True, help="Do nothing when a merchant exists.")
+@with_appcontext
+def seed_demo_command(customers: int, if_empty: bool) -> None:
+    """Create the demo merchant (slug `demo`) with users and customers."""
+    from .demo import DEMO_USERS, demo_exists, seed_demo
+
+    with unscoped():
+        if if_empty and db.session.query(Merchant.id).first() is not None:
+            click.echo("Database already has merchants; not seeding.")
+            return
+        if demo_exists():
+            raise click.UsageError("The demo merchant exists already.")
+        configured = current_app.config.get("DEMO_PASSWORD")
+        password = seed_demo(configured, customers=customers)
+    click.echo(f"Demo merchant 'demo' created with {customers} customers.")
+    for email in DEMO_USERS:
+        click.echo(f"  login: {email}")
+    if configured:
+        click.echo("  password: the value of DEMO_PASSWORD")
+    else:
+        click.echo(f"  password: {password}")
+
+
+@click.command("create-merchant")
+@click.option("--name", required=True)
+@click.option("--slug", required=True)
+@click.option("--timezone", default="UTC", show_default=True)
+@click.option("--locale", default="en", show_default=True)
+@click.option("--owner-email", required=True)
+@click.option("--owner-password", prompt=True, hide_input=True, confirmation_prompt=True)
+@with_appcontext
+def create_merchant_command(name, slug, timezone, locale, owner_email, owner_password) -> None:
+    """Create a merchant with its program, a location and its owner."""
+    try:
+        merchant = create_merchant(
+            name=name, slug=slug, timezone=timezone, locale=locale,
+            owner_email=owner_email, owner_password=owner_password,
+        )
+    except AccountError as exc:
+        _fail(exc)
+    db.session.commit()
+    click.echo(f"Merchant {merchant.slug} created; {owner_email} can log in.")
+
+
+@click.command("create-user")
+@click.option("--merchant", "slug", required=True, help="The merchant's slug.")
+@click.option("--email", required=True)
+@click.option("--role", type=click.Choice(ROLES), default="staff", show_default=True)
+@click.option("--name", default="")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@with_appcontext
+def create_user_command(slug, email, role, name, password) -> None:
+    """Add a user to a merchant."""
+    merchant = db.session.query(Merchant).filter_by(slug=slug).one_or_none()
+    if merchant is None:
+        raise click.UsageError(f"No merchant with slug {slug!r}.")
+    with tenant(merchant.id):
+        try:
+            create_user(merchant_id=merchant.id, email=email, password=password,
+                        role=role, name=name)
+        except AccountError as exc:
+            _fail(exc)
+        db.session.commit()
+    click.echo(f"{email} ({role}) can now log in to {slug}.")
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+@click.option("--queues", default=None, help="Comma-separated; default all, urgent first.")
+@with_appcontext
+def worker_command(burst: bool, queues: str | None) -> None:
+    """Run an RQ worker that built the app once and imported every task module."""
+    from rq import Worker
+
+    from .tasks import loader
+    from .tasks.queues import QUEUES, WORKER_HEARTBEAT_TTL, redis_connection, set_worker_app
+
+    loader.import_task_modules()
+    set_worker_app(current_app._get_current_object())
+    connection = redis_connection()
+    names = queues.split(",") if queues else list(QUEUES)
+    # The app context stays pushed in this parent process only for set-up;
+    # each job pushes its own, so no session is shared between jobs.
+    worker = Worker(names, connection=connection, worker_ttl=WORKER_HEARTBEAT_TTL)
+    worker.work(burst=burst, with_scheduler=True)
+
+
+@click.command("run-all")
+@click.option("--workers", default=1, show_default=True, help="RQ worker processes.")
+@click.option("--web-workers", default=2, show_default=True, help="gunicorn processes.")
+@click.option("--dev", is_flag=True, help="Flask's debug server instead of gunicorn.")
+def run_all_command(workers: int, web_workers: int, dev: bool) -> None:
+    """Start web, worker(s) and cron together; Ctrl-C stops them all."""
+    app: Flask = current_app._get_current_object()
+    port = app.config["PORT"]
+    redis_url = app.config["REDIS_URL"]
+    env = {**os.environ, "REDIS_URL": redis_url}
+    venv_bin = Path(sys.executable).parent
+    if dev:
+        web = [str(venv_bin / "flask"), "--app", "app", "run", "--debug",
+               "--host", "0.0.0.0", "--port", str(port)]
+    else:
+        web = [str(venv_bin / "gunicorn"), "--workers", str(web_workers), "--threads", "4",
+               "--bind", f"0.0.0.0:{port}", "--access-logfile", "-", "app:app"]
+    commands = [("web", web)]
+    for n in range(workers):
+        commands.append((f"worker{n + 1}", [str(venv_bin / "flask"), "--app", "app", "worker"]))
+    commands.append(("cron", [str(venv_bin / "rq"), "cron", "stampweb.tasks.cron",
+                              "--url", redis_url]))
+    processes: list[tuple[str, subprocess.Popen]] = []
+    for name, argv in commands:
+        processes.append((name, subprocess.Popen(argv, env=env, start_new_session=True)))
+    click.echo(f"stampweb is running on {app.config['BASE_URL']}/ (Ctrl-C stops it)")
+
+    stopping = False
+
+    def _stop(_signum=None, _frame=None):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    exit_code = 0
+    while not stopping:
+        for name, proc in processes:
+            if proc.poll() is not None:
+                click.echo(f"{name} exited with {proc.returncode}; stopping everything.", err=True)
+                exit_code = 1
+                stopping = True
+        time.sleep(0.3)
+    for _name, proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for _name, proc in processes:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if not os.environ.get("REDIS_URL"):
+        embedded_redis.shutdown(Path(app.instance_path))
+    click.echo("stampweb stopped.")
+    sys.exit(exit_code)
+
+
+def register_cli(app: Flask) -> None:
+    for command in (
+        seed_demo_command,
+        create_merchant_command,
+        create_user_command,
+        worker_command,
+        run_all_command,
+    ):
+        app.cli.add_command(command)

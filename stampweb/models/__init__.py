@@ -1,0 +1,42 @@
+"""All models, importable from one place (alembic's autogenerate sees them here)."""
+
+from .base import utcnow
+from .loyalty import (
+    CHANNELS,
+    CONSENT_GRANTED,
+    CONSENT_NONE,
+    CONSENT_PENDING,
+    CONSENT_SOURCES,
+    CONSENT_STATES,
+    CONSENT_WITHDRAWN,
+    REWARD_STATE_BIRTHDAY,
+    REWARD_STATE_NONE,
+    VISIT_REVERSAL,
+    VISIT_STAMP,
+    VOUCHER_ACTIVE,
+    VOUCHER_EXPIRED,
+    VOUCHER_KINDS,
+    VOUCHER_REDEEMED,
+    VOUCHER_VOID,
+    Card,
+    ConsentEvent,
+    Customer,
+    MailboxMessage,
+    Program,
+    Visit,
+    Voucher,
+    new_code,
+)
+from .tenancy import (
+    ROLE_MANAGER,
+    ROLE_OWNER,
+    ROLE_RANK,
+    ROLE_STAFF,
+    ROLES,
+    AuditLog,
+    Location,
+    Merchant,
+    User,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")]
