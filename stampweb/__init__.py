@@ -11,7 +11,6 @@ from . import config as config_module
 from . import embedded_redis
 from .database import configure_engine
 from .extensions import (
-    babel,
     csrf,
     db,
     htmx,

@@ -7,7 +7,9 @@ proof must never silently disappear.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +22,7 @@ import pytest
 # Before stampweb is imported anywhere: keep the tests' secret key and
 # embedded files out of the developer's instance/ folder.
 _TEST_INSTANCE = Path(tempfile.mkdtemp(prefix="stampweb-test-instance-"))
+atexit.register(shutil.rmtree, _TEST_INSTANCE, ignore_errors=True)
 os.environ["STAMPWEB_INSTANCE_PATH"] = str(_TEST_INSTANCE)
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
 for _name in ("DATABASE_URL", "REDIS_URL", "MAIL_SERVER", "BASE_URL"):

@@ -68,7 +68,9 @@ def gen_customer(merchant: Merchant, **kwargs) -> Customer:
         db.session.add(customer)
         db.session.flush()
         program = db.session.query(Program).filter_by(merchant_id=merchant.id).first()
-        db.session.add(Card(merchant_id=merchant.id, customer_id=customer.id, program_id=program.id))
+        db.session.add(
+            Card(merchant_id=merchant.id, customer_id=customer.id, program_id=program.id)
+        )
         db.session.commit()
         db.session.refresh(customer)
         return customer

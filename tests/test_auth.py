@@ -144,7 +144,8 @@ def test_owner_adds_a_team_member_and_bad_input_is_shown(client, shop):
     good = client.post("/team", data={"email": "new@cafe.test", "password": "long enough pw",
                                       "role": "manager", "name": "New", "csrf_token": token})
     assert good.status_code == 302
-    assert login(client.application.test_client(), "new@cafe.test", "long enough pw").status_code == 302
+    fresh = client.application.test_client()
+    assert login(fresh, "new@cafe.test", "long enough pw").status_code == 302
 
 
 def test_session_cookie_flags(client, shop):
