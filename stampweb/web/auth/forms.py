@@ -7,7 +7,6 @@ from wtforms.validators import DataRequired, EqualTo, Length
 from ...accounts import MIN_PASSWORD_LENGTH
 from ...validation import EmailAddress
 
-
 ROLE_CHOICES = [
     SelectChoice("staff", _l("Staff")),
     SelectChoice("manager", _l("Manager")),
