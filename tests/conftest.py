@@ -114,7 +114,8 @@ def upgrade_to_head(app) -> None:
     from flask_migrate import upgrade
 
     with app.app_context():
-        upgrade(directory=str(PROJECT_ROOT / "migrations"))
+        # "heads": branches made in parallel all apply until they are linearised.
+        upgrade(directory=str(PROJECT_ROOT / "migrations"), revision="heads")
 
 
 @pytest.fixture
