@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 
+from .database import begin_write
 from .extensions import db
 from .i18n import LANGUAGES
 from .models import ROLE_OWNER, ROLES, Location, Merchant, Program, User, utcnow
@@ -116,7 +117,11 @@ def authenticate(email: str, password: str) -> User | None:
     ok, new_hash = check_password(user.password_hash, password)
     if not ok or not user.active:
         return None
+    user_id = user.id
     with tenant(user.merchant_id):
+        # Simultaneous logins must queue for the write, not fail on SQLite.
+        begin_write()
+        user = db.session.get(User, user_id, populate_existing=True)
         if new_hash:
             user.password_hash = new_hash
         user.last_login_at = utcnow()

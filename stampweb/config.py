@@ -127,6 +127,7 @@ def load_from_environment() -> dict:
         "APNS_KEY_ID": env_str("APNS_KEY_ID"),
         "APNS_KEY": env_str("APNS_KEY"),
         "APNS_URL": env_str("APNS_URL", "https://api.push.apple.com"),
+        "APNS_CA_FILE": env_str("APNS_CA_FILE"),  # CA bundle for APNS_URL (default: certifi)
         "GOOGLE_WALLET_ISSUER_ID": env_str("GOOGLE_WALLET_ISSUER_ID"),
         "GOOGLE_WALLET_SERVICE_ACCOUNT_FILE": env_str("GOOGLE_WALLET_SERVICE_ACCOUNT_FILE"),
         "GOOGLE_WALLET_API_URL": env_str(

@@ -47,7 +47,7 @@ def begin_write() -> None:
     caller locks its rows with `with_for_update()`. A read-only transaction
     already open (e.g. the one that loaded the logged-in user) is ended first.
     """
-    session = db.session
+    session = db.session()  # the scoped_session does not proxy in_transaction()
     if session.in_transaction():
         if session.new or session.dirty or session.deleted:
             raise RuntimeError("begin_write() with unflushed changes; commit them first")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, g, request
+from flask import Flask, g, has_request_context, request
 from flask_babel import get_locale
 from flask_login import current_user
 
@@ -33,6 +33,8 @@ def select_locale() -> str:
         return chosen
     merchant = getattr(g, "merchant", None)
     default = merchant.locale if merchant is not None else "en"
+    if not has_request_context():  # jobs, CLI and services called from tests
+        return default
     return request.accept_languages.best_match(LANGUAGES.keys()) or default
 
 

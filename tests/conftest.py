@@ -63,6 +63,10 @@ def unit_config(tmp_path: Path, **overrides) -> dict:
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'test.db'}",
         "REDIS_URL": f"fakeredis://{uuid.uuid4().hex}",
         "SERVER_NAME": None,
+        # Cheap password hashes keep hundreds of logins fast; one test checks
+        # the production parameters (test_auth.py).
+        "ARGON2_TIME_COST": 1,
+        "ARGON2_MEMORY_KIB": 1024,
         **overrides,
     }
 
@@ -193,3 +197,101 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, message:
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+
+
+# === Browser tests: headless Chromium via Playwright ==========================
+# Owned by the browser-harness work; helpers and docs in tests/browser.py.
+# `live_server(app)` serves `app` or `pg_app` over real HTTP; `browser_page`
+# (phone, 360x780) and `desktop_page` (1280x800) are fresh, watched pages;
+# `new_page(device, **context_options)` opens more. Mark tests @pytest.mark.browser.
+from . import browser as browser_helpers  # noqa: E402
+
+
+@pytest.fixture
+def live_server():
+    """Serve a Flask app over HTTP on 127.0.0.1: `server = live_server(app)`; `server.url`.
+
+    Sets app.config["BASE_URL"] to the server's URL; stops the server after the
+    test and fails it if the app raised an unhandled exception meanwhile.
+    """
+    started: list[browser_helpers.LiveServer] = []
+
+    def serve(application) -> browser_helpers.LiveServer:
+        server = browser_helpers.LiveServer(application).start()
+        started.append(server)
+        return server
+
+    yield serve
+    failures = []
+    for server in reversed(started):
+        try:
+            server.stop()
+        except AssertionError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium, launched once per run through Playwright (never downloaded)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: pip install -r requirements-dev.txt")
+    if servers.find_chromium() is None:
+        pytest.skip("no Chromium: run scripts/system-deps.sh")
+    driver = sync_playwright().start()
+    try:
+        instance = browser_helpers.launch_chromium(driver)
+    except BaseException:
+        driver.stop()
+        raise
+    yield instance
+    instance.close()
+    driver.stop()
+
+
+@pytest.fixture
+def new_page(chromium, request):
+    """Open pages: `new_page("phone" | "desktop", **context_options)`.
+
+    Each page gets its own browser context (own cookies), is watched for
+    console errors and failed requests, and is closed after the test; when the
+    test failed, a `failure-N.png` screenshot of it is saved first.
+    """
+    contexts = []
+    failed_before = request.session.testsfailed
+
+    def open_page(device: str = "phone", **options):
+        context = browser_helpers.new_context(chromium, device, **options)
+        contexts.append(context)
+        page = context.new_page()
+        browser_helpers.watch(page)
+        return page
+
+    yield open_page
+    failed = request.session.testsfailed > failed_before
+    for number, context in enumerate(contexts, start=1):
+        if failed:
+            for page in context.pages:
+                try:
+                    browser_helpers.screenshot(page, f"failure-{number}")
+                except Exception:  # a crashed page must not hide the real failure
+                    pass
+        context.close()
+
+
+@pytest.fixture
+def browser_page(new_page):
+    """A page in a phone-sized context: 360x780, scale 2, touch, mobile user agent."""
+    return new_page("phone")
+
+
+@pytest.fixture
+def desktop_page(new_page):
+    """A page in a 1280x800 desktop context."""
+    return new_page("desktop")
+
+
+# === end of browser tests block ===============================================

@@ -115,9 +115,20 @@ def test_password_change_logs_out_other_sessions(app, shop):
     assert second.get("/admin/").status_code == 302  # back to login
 
 
-def test_passwords_are_argon2id_and_old_hashes_are_upgraded(app, shop):
+def test_passwords_are_argon2id_and_old_hashes_are_upgraded(tmp_path):
+    """Production parameters (64 MiB, 3 passes); a weaker stored hash is redone at login."""
     from argon2 import PasswordHasher
 
+    from stampweb import create_app
+
+    from .conftest import unit_config
+
+    config = unit_config(tmp_path)
+    del config["ARGON2_TIME_COST"], config["ARGON2_MEMORY_KIB"]
+    app = create_app(config)
+    with app.app_context():
+        db.create_all()
+        gen_merchant("cafe")
     weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD)
     with app.app_context(), unscoped():
         user = db.session.query(User).filter_by(email="owner@cafe.test").one()
