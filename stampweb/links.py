@@ -1,0 +1,154 @@
+"""Signed links sent to customers: preferences, one-click unsubscribe, email confirmation.
+
+Each purpose has its own salt, so a token made for one purpose never opens
+another. Signing uses `[*SECRET_KEY_FALLBACKS, SECRET_KEY]`: the newest key
+signs, and links already sent keep working after a key rotation.
+
+Unsubscribe tokens never expire (RFC 8058 links sit in old emails for months
+and must still work); preference links expire; confirmation links last a week.
+
+URLs are built from BASE_URL, not url_for(_external=True), so RQ jobs with no
+request (and no SERVER_NAME) can put them in emails. The paths must match the
+routes in stampweb/web/customer/routes.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+PREFS_MAX_AGE = 90 * 24 * 3600
+CONFIRM_MAX_AGE = 7 * 24 * 3600
+
+_PREFS_SALT = "stampweb.prefs"
+_UNSUBSCRIBE_SALT = "stampweb.unsubscribe"
+_CONFIRM_SALT = "stampweb.confirm-email"
+
+UNSUBSCRIBE_CHANNELS = ("all", "email", "wallet", "reminders")
+
+
+class LinkExpired(Exception):
+    """The link was ours but is too old. `customer_id`/`merchant_id` say whose it was."""
+
+    def __init__(self, customer_id: int, merchant_id: int):
+        super().__init__("link expired")
+        self.customer_id = customer_id
+        self.merchant_id = merchant_id
+
+
+class LinkInvalid(Exception):
+    """The link was not made by us (or was mangled on the way)."""
+
+
+@dataclass(frozen=True)
+class LinkTarget:
+    customer_id: int
+    merchant_id: int
+    channel: str = "all"
+
+
+def _keys() -> list[str]:
+    config = current_app.config
+    return [*config.get("SECRET_KEY_FALLBACKS", []), config["SECRET_KEY"]]
+
+
+def _timed(salt: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(_keys(), salt=salt)
+
+
+def _untimed(salt: str) -> URLSafeSerializer:
+    return URLSafeSerializer(_keys(), salt=salt)
+
+
+def _ids(payload) -> tuple[int, int]:
+    if (
+        not isinstance(payload, list)
+        or len(payload) < 2
+        or not all(isinstance(v, int) for v in payload[:2])
+    ):
+        raise LinkInvalid("unexpected payload")
+    return payload[0], payload[1]
+
+
+def _load_timed(salt: str, token: str, max_age: int) -> LinkTarget:
+    try:
+        payload = _timed(salt).loads(token, max_age=max_age)
+    except SignatureExpired as exc:
+        # The signature was good, only old: we know whose link it was.
+        try:
+            payload = _timed(salt).load_payload(exc.payload)
+        except BadData as bad:
+            raise LinkInvalid(str(bad)) from bad
+        customer_id, merchant_id = _ids(payload)
+        raise LinkExpired(customer_id, merchant_id) from exc
+    except BadData as exc:
+        raise LinkInvalid(str(exc)) from exc
+    customer_id, merchant_id = _ids(payload)
+    return LinkTarget(customer_id, merchant_id)
+
+
+# --- tokens -------------------------------------------------------------------
+
+
+def prefs_token(customer_id: int, merchant_id: int) -> str:
+    return _timed(_PREFS_SALT).dumps([customer_id, merchant_id])
+
+
+def verify_prefs_token(token: str) -> LinkTarget:
+    """Whose preferences page this is; raises LinkExpired or LinkInvalid."""
+    return _load_timed(_PREFS_SALT, token, PREFS_MAX_AGE)
+
+
+def confirm_token(customer_id: int, merchant_id: int) -> str:
+    return _timed(_CONFIRM_SALT).dumps([customer_id, merchant_id])
+
+
+def verify_confirm_token(token: str) -> LinkTarget:
+    return _load_timed(_CONFIRM_SALT, token, CONFIRM_MAX_AGE)
+
+
+def unsubscribe_token(customer_id: int, merchant_id: int, channel: str = "all") -> str:
+    """A token that never expires: unsubscribing must work from any old email."""
+    if channel not in UNSUBSCRIBE_CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}")
+    return _untimed(_UNSUBSCRIBE_SALT).dumps([customer_id, merchant_id, channel])
+
+
+def verify_unsubscribe_token(token: str) -> LinkTarget:
+    try:
+        payload = _untimed(_UNSUBSCRIBE_SALT).loads(token)
+    except BadData as exc:
+        raise LinkInvalid(str(exc)) from exc
+    customer_id, merchant_id = _ids(payload)
+    channel = payload[2] if len(payload) > 2 else "all"
+    if channel not in UNSUBSCRIBE_CHANNELS:
+        raise LinkInvalid("unknown channel")
+    return LinkTarget(customer_id, merchant_id, channel)
+
+
+# --- absolute URLs ----------------------------------------------------------------
+
+
+def absolute(path: str) -> str:
+    """BASE_URL + path; works in RQ jobs and CLI commands as well as in requests."""
+    return current_app.config["BASE_URL"].rstrip("/") + path
+
+
+def prefs_url(customer) -> str:
+    return absolute(f"/prefs/{prefs_token(customer.id, customer.merchant_id)}")
+
+
+def unsubscribe_url(customer, channel: str = "all") -> str:
+    return absolute(f"/u/{unsubscribe_token(customer.id, customer.merchant_id, channel)}")
+
+
+def confirm_url(customer) -> str:
+    return absolute(f"/confirm/{confirm_token(customer.id, customer.merchant_id)}")
+
+
+def card_url(card) -> str:
+    """The customer's own card page."""
+    return absolute(f"/card/{card.token}")
+
