@@ -1,14 +1,370 @@
-"""The staff page: phone-first stamping."""
+"""The staff page: phone-first stamping, redeeming and undoing.
+
+Scanning a card's QR code with the phone's camera opens /staff/card/<code>;
+search by phone, email, name or code is the fallback. Every POST redirects
+back to the card (PRG) for a browser without JavaScript and answers with the
+card fragment for htmx, so one URL serves both.
+"""
 
 from __future__ import annotations
 
-from flask import render_template
+from dataclasses import dataclass
 
+from flask import (
+    abort,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_babel import gettext as _
+from flask_babel import ngettext
+from flask_login import current_user
+from sqlalchemy import select
+
+from ...extensions import db
+from ...loyalty import badges, stamping
+from ...loyalty import vouchers as voucher_service
+from ...loyalty.stamping import StampRefused
+from ...loyalty.vouchers import VoucherRefused
+from ...models import Card, Location, Voucher, utcnow
+from ...security import is_safe_next
+from ...tenancy import get_or_404
 from .. import staff_required
 from . import bp
+from .forms import ConfirmForm, LocationForm, StampForm, UndoForm, new_request_key
+
+LOCATION_KEY = "staff_location"
+
+
+def _is_htmx() -> bool:
+    return bool(request.headers.get("HX-Request"))
+
+
+def _device() -> str | None:
+    return request.user_agent.string[:300] or None
+
+
+def _card_or_404(code: str) -> Card:
+    """The current merchant's card with this code; another merchant's code is a 404."""
+    card = stamping.card_by_code(current_user.merchant_id, code)
+    if card is None:
+        abort(404)
+    return card
+
+
+def _locations() -> list[Location]:
+    return list(
+        db.session.scalars(
+            select(Location).where(Location.active.is_(True)).order_by(Location.id)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class CardRef:
+    """What a POST view needs of its card after the service commits (and expires it)."""
+
+    id: int
+    merchant_id: int
+    code: str
+    customer_id: int
+    reward_text: str
+    birthday_gift_text: str
+    display_name: str
+
+
+def _card_ref_or_404(code: str) -> CardRef:
+    card = _card_or_404(code)
+    return CardRef(card.id, card.merchant_id, card.code, card.customer_id,
+                   card.program.reward_text, card.program.birthday_gift_text,
+                   card.customer.display_name)
+
+
+@dataclass(frozen=True)
+class StaffLocation:
+    id: int
+    name: str
+
+
+def current_location() -> StaffLocation | None:
+    """Where this staff member works now (chosen on the page, kept in the session).
+
+    Defaults to the merchant's first active location. Looked up once per
+    request and kept as plain values, so a service's commit does not expire it.
+    """
+    if "staff_location" in g:
+        return g.staff_location
+    merchant_id = current_user.merchant_id
+    location = None
+    chosen = session.get(LOCATION_KEY)
+    if isinstance(chosen, list) and len(chosen) == 2 and chosen[0] == merchant_id:
+        found = db.session.get(Location, chosen[1])
+        if found is not None and found.active and found.merchant_id == merchant_id:
+            location = found
+    if location is None:
+        location = db.session.scalar(
+            select(Location).where(Location.active.is_(True)).order_by(Location.id).limit(1)
+        )
+    g.staff_location = StaffLocation(location.id, location.name) if location else None
+    return g.staff_location
+
+
+def _location_id() -> int | None:
+    location = current_location()
+    return location.id if location is not None else None
+
+
+def _location_form(next_url: str) -> LocationForm:
+    form = LocationForm(formdata=None)
+    form.location_id.choices = [(loc.id, loc.name) for loc in _locations()]
+    form.location_id.data = _location_id()
+    form.next.data = next_url
+    return form
+
+
+@dataclass(frozen=True)
+class JustStamped:
+    """The stamp this request recorded: it is the card's undoable one, no query needed."""
+
+    id: int
+    stamps: int
+
+
+_UNKNOWN = object()
+
+
+def _card_context(
+    card: Card, *, stamp_form=None, undo_form=None, notices=(), undoable=_UNKNOWN
+) -> dict:
+    now = utcnow()
+    vouchers = voucher_service.usable_for_customer(card.merchant_id, card.customer_id, now)
+    if stamp_form is None:
+        stamp_form = StampForm(formdata=None)
+        stamp_form.request_key.data = new_request_key()
+    elif not stamp_form.request_key.data:
+        stamp_form.request_key.data = new_request_key()
+    if undoable is _UNKNOWN:
+        undoable = stamping.undoable_visit(card.merchant_id, card.id, now)
+    if undo_form is None and undoable is not None:
+        undo_form = UndoForm(formdata=None, visit_id=undoable.id)
+    return {
+        "card": card,
+        "customer": card.customer,
+        "program": card.program,
+        "vouchers": vouchers,
+        "badges": badges.for_card(card, now, vouchers),
+        "stamp_form": stamp_form,
+        "undoable": undoable,
+        "undo_form": undo_form,
+        "notices": list(notices),
+        "location": current_location(),
+    }
+
+
+def _render_card(card: Card, status: int = 200, **kwargs):
+    context = _card_context(card, **kwargs)
+    if _is_htmx():
+        # htmx only swaps 2xx answers; the notices in the fragment carry the news.
+        return render_template("staff/_card.html", **context), 200
+    return render_template(
+        "staff/card.html", location_form=_location_form(request.path), **context
+    ), status
+
+
+def _done(found: CardRef, message: str, category: str, **context):
+    """After a POST: the card fragment for htmx, else flash and redirect (PRG)."""
+    if _is_htmx():
+        # The service committed: load the card as it is now, in one query.
+        fresh = stamping.card_by_code(found.merchant_id, found.code)
+        return _render_card(fresh, notices=[(category, message)], **context)
+    flash(message, category)
+    return redirect(url_for("staff.card", code=found.code), code=303)
 
 
 @bp.get("/staff")
 @staff_required
 def index():
-    return render_template("staff/index.html")
+    return _search_page(request.args.get("q", ""))
+
+
+@bp.get("/staff/search")
+@staff_required
+def search():
+    query = request.args.get("q", "")
+    if _is_htmx():
+        cards = stamping.find_cards(current_user.merchant_id, query)
+        return render_template("staff/_results.html", cards=cards, query=query)
+    return _search_page(query)
+
+
+def _search_page(query: str):
+    cards = stamping.find_cards(current_user.merchant_id, query) if query else []
+    if query and len(cards) == 1 and cards[0].code == query.strip().upper().replace(" ", ""):
+        # The full card code typed and submitted: go straight to the card.
+        return redirect(url_for("staff.card", code=cards[0].code))
+    return render_template(
+        "staff/index.html",
+        query=query,
+        cards=cards,
+        location=current_location(),
+        location_form=_location_form(url_for("staff.index")),
+    )
+
+
+@bp.get("/staff/card/<code>")
+@staff_required
+def card(code: str):
+    found = _card_or_404(code)
+    if found.code != code:
+        return redirect(url_for("staff.card", code=found.code))
+    return _render_card(found)
+
+
+@bp.post("/staff/card/<code>/stamp")
+@staff_required
+def stamp(code: str):
+    found = _card_ref_or_404(code)
+    form = StampForm()
+    if not form.validate_on_submit():
+        return _render_card(_card_or_404(code), status=422, stamp_form=form)
+    location_id = _location_id()
+    stamps_given = form.stamp_count()
+    try:
+        result = stamping.record_stamps(
+            current_user.merchant_id,
+            found.id,
+            stamps=stamps_given,
+            amount=form.amount_value(),
+            staff_user_id=current_user.id,
+            location_id=location_id,
+            request_key=form.request_key.data or None,
+            device=_device(),
+            ip=request.remote_addr,
+        )
+    except StampRefused as exc:
+        return _done(found, exc.message, "error")
+    if result.voucher_ids:
+        message = ngettext(
+            "Stamped! The card is full: reward issued (%(reward)s).",
+            "Stamped! %(num)d rewards issued (%(reward)s).",
+            len(result.voucher_ids),
+            reward=found.reward_text,
+        )
+    else:
+        message = _(
+            "Stamped: %(stamps)d of %(required)d.",
+            stamps=result.stamps,
+            required=result.stamps_required,
+        )
+    if result.replayed:
+        return _done(found, message, "success")
+    return _done(found, message, "success", undoable=JustStamped(result.visit_id, stamps_given))
+
+
+@bp.post("/staff/card/<code>/undo")
+@staff_required
+def undo(code: str):
+    found = _card_ref_or_404(code)
+    form = UndoForm()
+    if not form.validate_on_submit() or not (form.visit_id.data or "").isdigit():
+        return _done(found, _("That stamp cannot be undone; reload the card."), "error")
+    location_id = _location_id()
+    try:
+        stamping.undo_stamp(
+            current_user.merchant_id,
+            int(form.visit_id.data),
+            staff_user_id=current_user.id,
+            card_id=found.id,
+            location_id=location_id,
+            reason=form.reason.data or None,
+            device=_device(),
+            ip=request.remote_addr,
+        )
+    except StampRefused as exc:
+        return _done(found, exc.message, "error")
+    return _done(found, _("The last stamp was undone."), "success")
+
+
+@bp.route("/staff/card/<code>/vouchers/<int:voucher_id>/redeem", methods=["GET", "POST"])
+@staff_required
+def redeem(code: str, voucher_id: int):
+    found = _card_ref_or_404(code)
+    voucher = get_or_404(Voucher, voucher_id, customer_id=found.customer_id)
+    form = ConfirmForm()
+    if request.method == "GET":
+        # Without JavaScript the Redeem button leads here: one more tap confirms.
+        return render_template(
+            "staff/confirm.html",
+            card=found,
+            form=form,
+            title=_("Redeem this voucher?"),
+            subject=voucher.title,
+            detail=_("Code %(code)s", code=voucher.code),
+            action=url_for("staff.redeem", code=found.code, voucher_id=voucher.id),
+            confirm_label=_("Yes, redeem"),
+        )
+    if not form.validate_on_submit():
+        abort(400)
+    location_id = _location_id()
+    try:
+        result = voucher_service.redeem(
+            current_user.merchant_id,
+            voucher.id,
+            staff_user_id=current_user.id,
+            location_id=location_id,
+            ip=request.remote_addr,
+        )
+    except VoucherRefused as exc:
+        return _done(found, exc.message, "error")
+    return _done(found, _("Redeemed: %(title)s.", title=result.title), "success")
+
+
+@bp.route("/staff/card/<code>/birthday", methods=["GET", "POST"])
+@staff_required
+def birthday_gift(code: str):
+    found = _card_ref_or_404(code)
+    form = ConfirmForm()
+    if request.method == "GET":
+        return render_template(
+            "staff/confirm.html",
+            card=found,
+            form=form,
+            title=_("Give the birthday gift?"),
+            subject=found.birthday_gift_text,
+            detail=found.display_name,
+            action=url_for("staff.birthday_gift", code=found.code),
+            confirm_label=_("Yes, give it"),
+        )
+    if not form.validate_on_submit():
+        abort(400)
+    location_id = _location_id()
+    try:
+        result = voucher_service.give_birthday_gift(
+            current_user.merchant_id,
+            found.id,
+            staff_user_id=current_user.id,
+            location_id=location_id,
+            ip=request.remote_addr,
+        )
+    except VoucherRefused as exc:
+        return _done(found, exc.message, "error")
+    return _done(found, _("Birthday gift given: %(title)s.", title=result.title), "success")
+
+
+@bp.post("/staff/location")
+@staff_required
+def choose_location():
+    form = LocationForm()
+    form.location_id.choices = [(loc.id, loc.name) for loc in _locations()]
+    target = form.next.data if is_safe_next(form.next.data) else url_for("staff.index")
+    if form.validate_on_submit():
+        location = get_or_404(Location, form.location_id.data)
+        session[LOCATION_KEY] = [current_user.merchant_id, location.id]
+        flash(_("You are stamping at %(name)s.", name=location.name), "success")
+    else:
+        flash(_("Choose one of the locations."), "error")
+    return redirect(target, code=303)

@@ -1,0 +1,63 @@
+"""Forms of the staff page. Each carries the CSRF token; htmx also sends it as a header."""
+
+from __future__ import annotations
+
+import secrets
+
+from flask_babel import lazy_gettext as _l
+from flask_wtf import FlaskForm
+from wtforms import HiddenField, IntegerField, SelectField, StringField
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
+
+from ...loyalty.stamping import MAX_STAMPS_PER_VISIT, StampRefused, parse_amount
+
+
+def new_request_key() -> str:
+    """A fresh key for one rendering of the stamp form: a replay of it is recognised."""
+    return secrets.token_urlsafe(16)
+
+
+class AmountValidator:
+    def __call__(self, form, field):
+        try:
+            field.amount = parse_amount(field.data)
+        except StampRefused as exc:
+            raise ValidationError(exc.message) from exc
+
+
+class StampForm(FlaskForm):
+    request_key = HiddenField(validators=[Optional(), Length(max=80)])
+    stamps = IntegerField(
+        _l("Stamps"),
+        default=1,
+        validators=[Optional(), NumberRange(min=1, max=MAX_STAMPS_PER_VISIT,
+                                            message=_l("Enter 1 to %(max)d.",
+                                                       max=MAX_STAMPS_PER_VISIT))],
+        invalid_value_message=_l("Enter a whole number."),
+        render_kw={"min": 1, "max": MAX_STAMPS_PER_VISIT, "inputmode": "numeric"},
+    )
+    amount = StringField(
+        _l("Amount spent (optional)"),
+        validators=[Optional(), Length(max=20), AmountValidator()],
+        render_kw={"inputmode": "decimal", "autocomplete": "off", "placeholder": "0.00"},
+    )
+
+    def stamp_count(self) -> int:
+        return self.stamps.data or 1
+
+    def amount_value(self):
+        return getattr(self.amount, "amount", None) if self.amount.data else None
+
+
+class UndoForm(FlaskForm):
+    visit_id = HiddenField(validators=[DataRequired()])
+    reason = StringField(_l("Reason (optional)"), validators=[Optional(), Length(max=200)])
+
+
+class ConfirmForm(FlaskForm):
+    """Redeem and give-gift confirmations: the CSRF token is all they carry."""
+
+
+class LocationForm(FlaskForm):
+    location_id = SelectField(_l("Location"), coerce=int, validators=[DataRequired()])
+    next = HiddenField()
