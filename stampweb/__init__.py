@@ -64,6 +64,7 @@ def create_app(config: dict | None = None) -> Flask:
     from .web import register_blueprints
 
     register_blueprints(app)
+    from .wallet.updates import init_wallet; init_wallet(app)  # noqa: E702, I001
 
     from .cli import register_cli
 

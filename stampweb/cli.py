@@ -180,3 +180,5 @@ def register_cli(app: Flask) -> None:
         run_all_command,
     ):
         app.cli.add_command(command)
+    from .cli_wallet import wallet_cli; app.cli.add_command(wallet_cli)  # noqa: E702, I001
+    from .campaigns.tags_cli import tags_cli; app.cli.add_command(tags_cli)  # noqa: E702, I001

@@ -9,7 +9,17 @@ import pytest
 from sqlalchemy import select
 
 from stampweb.extensions import db
-from stampweb.models import Card, Customer, Location, MailboxMessage, User, Visit, Voucher
+from stampweb.models import (
+    Card,
+    Customer,
+    Location,
+    MailboxMessage,
+    Segment,
+    Tag,
+    User,
+    Visit,
+    Voucher,
+)
 from stampweb.tenancy import TenantNotSet, tenant, unscoped
 
 from .factories import card_of, csrf_token_from, gen_customer, gen_merchant, login
@@ -53,13 +63,17 @@ def _ids_of(merchant_id: int) -> dict:
             "message_id": db.session.scalars(select(MailboxMessage)).first().id,
             "visit_id": db.session.scalars(select(Visit)).first().id,
             "voucher_id": db.session.scalars(select(Voucher)).first().id,
+            "segment_id": db.session.scalars(select(Segment)).first().id,
+            "tag_id": db.session.scalars(select(Tag)).first().id,
         }
 
 
 # Routes that are public by design: their argument is an unguessable token or a
 # public slug, and the page shows that token's own data to whoever holds it.
 PUBLIC_ENDPOINTS = {"static"}
-PUBLIC_PREFIXES = ("/join/", "/card/", "/prefs/", "/u/", "/confirm/", "/wallet/", "/api/")
+PUBLIC_PREFIXES = (
+    "/join/", "/card/", "/prefs/", "/u/", "/confirm/", "/wallet/", "/api/", "/brand/",
+)
 
 
 def _seed_everything(merchant) -> None:
@@ -74,6 +88,8 @@ def _seed_everything(merchant) -> None:
                                card_id=card.id, title="Coffee"))
         db.session.add(MailboxMessage(merchant_id=merchant.id, to_address="x@example.com",
                                       subject="Hello", raw=b"Subject: Hello\r\n\r\nHi"))
+        db.session.add(Segment(merchant_id=merchant.id, name="Regulars", rules={}))
+        db.session.add(Tag(merchant_id=merchant.id, name="vip"))
         db.session.commit()
 
 

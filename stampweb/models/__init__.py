@@ -1,6 +1,7 @@
 """All models, importable from one place (alembic's autogenerate sees them here)."""
 
 from .base import utcnow
+from .campaigns import Campaign, Message, MessageEvent
 from .loyalty import (
     CHANNELS,
     CONSENT_GRANTED,
@@ -27,6 +28,7 @@ from .loyalty import (
     Voucher,
     new_code,
 )
+from .segments import CustomerTag, Segment, Tag
 from .tenancy import (
     ROLE_MANAGER,
     ROLE_OWNER,
@@ -38,5 +40,6 @@ from .tenancy import (
     Merchant,
     User,
 )
+from .wallet import WalletGoogleNotification, WalletPass, WalletRegistration, WalletSettings
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -6,7 +6,14 @@ catch-up after downtime never sends anything twice.
 
 from rq import cron
 
+from .campaigns import reconcile_job
 from .maintenance import heartbeat
 from .queues import DEFAULT
+from .tags import update_rule_tags
 
 cron.register(heartbeat, DEFAULT, interval=60, job_timeout=30, result_ttl=300)
+# Starts scheduled campaigns and repairs what a crash or a Redis restart left.
+cron.register(reconcile_job, DEFAULT, interval=60, job_timeout=300, result_ttl=300)
+
+# Rule tags ("regular", "lapsed", ...) recomputed hourly, off the top of the hour.
+cron.register(update_rule_tags, DEFAULT, cron="7 * * * *", job_timeout=600)

@@ -91,7 +91,7 @@ def enqueue(queue_name: str, func, *args, job_id: str | None = None, **kwargs):
     if has_app_context() and current_app.config.get("RQ_SYNC"):
         # Tests of pure services may run jobs inline.
         return func(*args, **kwargs)
-    return get_queue(queue_name).enqueue(func, *args, kwargs=kwargs, **options)
+    return get_queue(queue_name).enqueue(func, args=args, kwargs=kwargs, **options)
 
 
 def live_worker_count(connection: redis.Redis) -> int:

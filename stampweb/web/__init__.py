@@ -78,6 +78,7 @@ def register_blueprints(app: Flask) -> None:
     from .customer import bp as customer_bp
     from .health import bp as health_bp
     from .merchant import bp as merchant_bp
+    from .passkit import bp as passkit_bp
     from .staff import bp as staff_bp
 
     app.register_blueprint(auth_bp)
@@ -85,4 +86,5 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(merchant_bp)
     app.register_blueprint(staff_bp)
     app.register_blueprint(customer_bp)
+    app.register_blueprint(passkit_bp)
     register_error_handlers(app)

@@ -2,4 +2,10 @@ from flask import Blueprint
 
 bp = Blueprint("merchant", __name__, url_prefix="/admin")
 
-from . import routes  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    customers,
+    program,
+    routes,  # noqa: E402,F401
+    segments,
+    wallet,
+)
