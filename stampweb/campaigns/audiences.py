@@ -43,7 +43,7 @@ def _segment_query(merchant_id: int, audience: dict):
     kind = audience["type"]
     if kind == "tag":
         rules = {"match": "all", "groups": [{"match": "all", "conditions": [
-            {"field": "has_tag", "op": "eq", "value": int(audience["tag_id"])}]}]}
+            {"field": "has_tag", "op": "is", "value": int(audience["tag_id"])}]}]}
     elif kind == "segment":
         from ..models.segments import Segment
 
