@@ -32,6 +32,7 @@ from sqlalchemy import insert
 from ..extensions import db
 from ..models import MailboxMessage, utcnow
 from ..tenancy import require_tenant
+from . import dkim
 
 
 class TransportError(Exception):
@@ -208,6 +209,8 @@ class SmtpConnection:
         recipients = _recipients(msg)
         if not recipients:
             raise PermanentFailure("message has no recipient")
+        # Signed last, after every header is final (a no-op without a DKIM key).
+        msg = dkim.sign(msg)
         reused = self._smtp is not None
         if self._smtp is None:
             self._smtp = self._connect()

@@ -1,14 +1,18 @@
-"""The merchant admin: dashboard and the development mailbox."""
+"""The merchant admin: the dashboard and the development mailbox."""
 
 from __future__ import annotations
 
 from email import message_from_bytes, policy
 
 from flask import render_template
-from sqlalchemy import func, select
+from flask_login import current_user
+from markupsafe import Markup
+from sqlalchemy import select
 
+from ...campaigns import charts, results
 from ...extensions import db
-from ...models import Customer, MailboxMessage
+from ...i18n import text_direction
+from ...models import MailboxMessage
 from ...tenancy import get_or_404
 from .. import manager_required
 from . import bp
@@ -17,8 +21,32 @@ from . import bp
 @bp.get("/")
 @manager_required
 def dashboard():
-    members = db.session.scalar(select(func.count(Customer.id)))
-    return render_template("merchant/dashboard.html", members=members)
+    """Members, how recently they visited, visits per week, and what campaigns brought back."""
+    summary = results.dashboard(current_user.merchant_id)
+    return render_template(
+        "merchant/dashboard.html",
+        summary=summary,
+        active_days=results.ACTIVE_DAYS,
+        at_risk_days=results.AT_RISK_DAYS,
+        visits_chart=charts.weekly_visits_chart(summary.weeks),
+    )
+
+
+# Campaign pages include templates/merchant/_results_campaign.html with only
+# `results` and `campaign` in their context; these draw its charts.
+@bp.app_template_global()
+def campaign_outcome_chart(campaign_results: results.CampaignResults) -> Markup:
+    return charts.outcome_chart(campaign_results, rtl=text_direction() == "rtl")
+
+
+@bp.app_template_global()
+def skip_reason_label(reason: str | None) -> str:
+    return results.skip_reason_label(reason)
+
+
+@bp.app_template_global()
+def campaign_response_chart(campaign_results: results.CampaignResults) -> Markup:
+    return charts.response_chart(campaign_results, rtl=text_direction() == "rtl")
 
 
 @bp.get("/mailbox")
