@@ -182,3 +182,5 @@ def register_cli(app: Flask) -> None:
         app.cli.add_command(command)
     from .cli_wallet import wallet_cli; app.cli.add_command(wallet_cli)  # noqa: E702, I001
     from .campaigns.tags_cli import tags_cli; app.cli.add_command(tags_cli)  # noqa: E702, I001
+    from .automations_cli import automations_cli; app.cli.add_command(automations_cli)  # noqa: E702, E501, I001
+    from .api_cli import api_key_cli; app.cli.add_command(api_key_cli)  # noqa: E702, I001

@@ -100,6 +100,10 @@ def load_from_environment() -> dict:
         "MAIL_PASSWORD": env_str("MAIL_PASSWORD"),
         "MAIL_DEFAULT_SENDER": env_str("MAIL_DEFAULT_SENDER", "stampweb@localhost"),
         "MAIL_TIMEOUT": env_int("MAIL_TIMEOUT", 30),
+        # DKIM signing of outgoing mail: all three set, or none (no signature).
+        "DKIM_PRIVATE_KEY": env_str("DKIM_PRIVATE_KEY"),  # path to the PEM private key
+        "DKIM_SELECTOR": env_str("DKIM_SELECTOR"),
+        "DKIM_DOMAIN": env_str("DKIM_DOMAIN"),
         # Cookies: HttpOnly and SameSite always; Secure when served over https.
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

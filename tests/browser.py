@@ -198,9 +198,10 @@ class PageLog:
 
 
 def _browser_own(url: str) -> bool:
-    """Requests Chromium makes by itself, not the page: /favicon.ico when the
-    page names no icon."""
-    return urlsplit(url).path == "/favicon.ico"
+    """Requests Chromium makes by itself, not the page: the icon (base.html links
+    /static/favicon.svg; /favicon.ico when a page names none). A quick navigation
+    aborts them mid-flight, which is no fault of the page."""
+    return urlsplit(url).path in ("/favicon.ico", "/static/favicon.svg")
 
 
 _logs: weakref.WeakKeyDictionary[Any, PageLog] = weakref.WeakKeyDictionary()
@@ -223,12 +224,11 @@ def watch(page: Page) -> PageLog:
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: log.page_errors.append(str(error)))
-    page.on(
-        "requestfailed",
-        lambda request: log.failed_requests.append(
-            f"{request.method} {request.url}: {request.failure}"
-        ),
-    )
+    def on_request_failed(request) -> None:
+        if not _browser_own(request.url):
+            log.failed_requests.append(f"{request.method} {request.url}: {request.failure}")
+
+    page.on("requestfailed", on_request_failed)
     page.on("response", on_response)
     _logs[page] = log
     return log
@@ -275,7 +275,9 @@ def screenshot(page: Page, name: str) -> Path:
     folder = ARTIFACTS / "screenshots" / _current_test_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
-    page.screenshot(path=str(path), full_page=True)
+    # caret="initial": hiding the caret leaves style="" on every input, which an
+    # htmx swap would then copy (attributesToSettle) and the CSP would refuse.
+    page.screenshot(path=str(path), full_page=True, caret="initial")
     return path
 
 

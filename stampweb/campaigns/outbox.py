@@ -73,7 +73,8 @@ def materialise(
     statement = insert(Message).values(rows).on_conflict_do_nothing(
         index_elements=["campaign_id", "customer_id", "channel", "occurrence"]
     )
-    result = db.session.execute(statement)
+    # SQLAlchemy 2.1 keeps an INSERT's row count only when asked.
+    result = db.session.execute(statement, execution_options={"preserve_rowcount": True})
     return max(result.rowcount or 0, 0)
 
 

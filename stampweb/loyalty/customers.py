@@ -19,6 +19,7 @@ from sqlalchemy import exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
+from ..campaigns import tags as tag_service
 from ..database import begin_write
 from ..extensions import db
 from ..i18n import LANGUAGES
@@ -34,6 +35,7 @@ from ..models import (
     Customer,
     Location,
     Merchant,
+    Tag,
     User,
     Visit,
     Voucher,
@@ -72,14 +74,14 @@ def _like_prefix(text: str) -> str:
 
 @dataclass(frozen=True)
 class CustomerFilters:
-    """What the list is narrowed to. Tags join here when the tags issue lands."""
+    """What the list is narrowed to. `tags`: customers carrying every one of these tag ids."""
 
     q: str = ""
     email_consent: bool = False
     visited_within_days: int | None = None
     active_voucher: bool = False
     birthday_this_month: bool = False
-    # tags: tuple[int, ...] = ()  — see the tags issue; filter by CustomerTag.
+    tags: tuple[int, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -89,6 +91,7 @@ class CustomerFilters:
             or self.visited_within_days
             or self.active_voucher
             or self.birthday_this_month
+            or self.tags
         )
 
 
@@ -97,6 +100,8 @@ class CustomerPage:
     customers: list[Customer]
     # Pass as `after` to get the next page; None on the last page.
     next_after: int | None
+    # Customer id -> that customer's tags (by name), fetched in one query for the page.
+    tags: dict[int, list[Tag]] = field(default_factory=dict)
 
 
 def _query_conditions(q: str) -> list:
@@ -164,10 +169,17 @@ def search_customers(
         )
     if filters.birthday_this_month:
         query = query.where(Customer.birthday_month == merchant_today(merchant_id, now).month)
+    if filters.tags:
+        query = tag_service.where_has_tags(query, merchant_id, filters.tags)
     with tenant(merchant_id):
         rows = list(db.session.scalars(query))
     next_after = rows[limit - 1].id if len(rows) > limit else None
-    return CustomerPage(customers=rows[:limit], next_after=next_after)
+    shown = rows[:limit]
+    return CustomerPage(
+        customers=shown,
+        next_after=next_after,
+        tags=tag_service.tags_by_customer(merchant_id, [c.id for c in shown]),
+    )
 
 
 # --- one customer's timeline ---------------------------------------------------
@@ -209,7 +221,7 @@ def _visit_entries(customer_id: int) -> list[TimelineEntry]:
         if visit.amount is not None:
             parts.append(str(visit.amount))
         if visit.kind == VISIT_REVERSAL:
-            title = _l("Stamp undone (%(n)s)", n=visit.stamps)
+            title = _l("Stamp undone (%(n)s)", n=abs(visit.stamps))
             if visit.reason:
                 parts.append(visit.reason)
             kind = "reversal"

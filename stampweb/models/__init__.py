@@ -1,5 +1,7 @@
 """All models, importable from one place (alembic's autogenerate sees them here)."""
 
+from .api import ApiKey, IdempotencyRecord, WebhookDelivery, WebhookEndpoint
+from .automations import AutomationFiring, AutomationFlow
 from .base import utcnow
 from .campaigns import Campaign, Message, MessageEvent
 from .loyalty import (

@@ -6,6 +6,7 @@ catch-up after downtime never sends anything twice.
 
 from rq import cron
 
+from .automations import run_automations
 from .campaigns import reconcile_job
 from .maintenance import heartbeat
 from .queues import DEFAULT
@@ -17,3 +18,6 @@ cron.register(reconcile_job, DEFAULT, interval=60, job_timeout=300, result_ttl=3
 
 # Rule tags ("regular", "lapsed", ...) recomputed hourly, off the top of the hour.
 cron.register(update_rule_tags, DEFAULT, cron="7 * * * *", job_timeout=600)
+
+# Automations: every flow fires at its merchant's local hour (catch-up included).
+cron.register(run_automations, DEFAULT, cron="*/15 * * * *", job_timeout=900)

@@ -87,4 +87,6 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(staff_bp)
     app.register_blueprint(customer_bp)
     app.register_blueprint(passkit_bp)
+    from ..api import bp as api_bp
+    app.register_blueprint(api_bp)
     register_error_handlers(app)

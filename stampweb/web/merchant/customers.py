@@ -18,6 +18,7 @@ from flask import (
 from flask_babel import gettext as _
 from flask_login import current_user
 
+from ...campaigns import tags as tag_service
 from ...loyalty import csv_io
 from ...loyalty import customers as customer_service
 from ...models import CHANNELS, CONSENT_GRANTED, CONSENT_PENDING, Customer
@@ -37,6 +38,7 @@ def _filters_from_args(args) -> customer_service.CustomerFilters:
         visited_within_days=visited if visited in VISITED_CHOICES else None,
         active_voucher=args.get("voucher") == "1",
         birthday_this_month=args.get("birthday") == "1",
+        tags=tuple(dict.fromkeys(args.getlist("tag", type=int)))[:5],
     )
 
 
@@ -51,6 +53,7 @@ def customers():
     context = dict(
         page=page, filters=filters, args=request.args, next_args=next_args, after=after,
         visited_choices=VISITED_CHOICES,
+        tag_choices=[tag for tag, _count in tag_service.list_tags(current_user.merchant_id)],
     )
     if request.headers.get("HX-Request"):
         return render_template("merchant/_customer_rows.html", **context)
