@@ -250,6 +250,17 @@ def migrate(env: dict) -> None:
         raise RuntimeError(f"migration failed:\n{done.stdout}\n{done.stderr}")
 
 
+def migrated_app(env: dict):
+    """Migrate the schema, then the app as one more process of the same deployment."""
+    migrate(env)
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    from stampweb import create_app
+
+    return create_app()
+
+
 def seed(app, customers: int) -> tuple[int, int]:
     """A merchant, N opted-in customers with a card each, and a draft campaign to all."""
     from sqlalchemy import Integer, String, cast, insert, literal, select
@@ -681,14 +692,7 @@ def main() -> None:
         t0 = time.monotonic()
         sink = Sink(workdir).start()
         env = process_env(backends.start(), sink.port)
-        migrate(env)
-        # This driver is one more process of the same deployment.
-        for name in ("DATABASE_URL", "REDIS_URL"):
-            os.environ.pop(name, None)
-        os.environ.update(env)
-        from stampweb import create_app
-
-        app = create_app()
+        app = migrated_app(env)
         t_seed = time.monotonic()
         merchant_id, campaign_id = seed(app, args.customers)
         seed_s = time.monotonic() - t_seed

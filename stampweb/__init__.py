@@ -20,7 +20,7 @@ from .extensions import (
     mail,
     migrate,
 )
-from .security import init_security_headers
+from .security import init_input_guard, init_security_headers, trust_proxy_headers
 from .tenancy import set_tenant
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +60,8 @@ def create_app(config: dict | None = None) -> Flask:
 
     init_i18n(app)
     init_security_headers(app)
+    init_input_guard(app)
+    trust_proxy_headers(app)
 
     from .web import register_blueprints
 

@@ -7,6 +7,7 @@ import re
 import secrets
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from flask_babel import gettext as _
 from sqlalchemy import select
 
 from .database import begin_write
@@ -36,7 +37,7 @@ def normalize_email(email: str) -> str:
 def validate_password(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(
-            "password", f"Use at least {MIN_PASSWORD_LENGTH} characters."
+            "password", _("Use at least %(num)d characters.", num=MIN_PASSWORD_LENGTH)
         )
 
 
@@ -53,15 +54,15 @@ def create_merchant(
     """Create a merchant with its program, a first location and its owner."""
     slug = slug.strip().lower()
     if not SLUG_RE.match(slug):
-        raise AccountError("slug", "Use lower-case letters, digits and dashes.")
+        raise AccountError("slug", _("Use lower-case letters, digits and dashes."))
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise AccountError("timezone", f"Unknown time zone {timezone!r}.") from exc
+        raise AccountError("timezone", _("Unknown time zone %(zone)r.", zone=timezone)) from exc
     if locale not in LANGUAGES:
-        raise AccountError("locale", f"Choose one of {', '.join(LANGUAGES)}.")
+        raise AccountError("locale", _("Choose one of %(choices)s.", choices=", ".join(LANGUAGES)))
     if db.session.scalar(select(Merchant.id).filter_by(slug=slug)) is not None:
-        raise AccountError("slug", f"The slug {slug!r} is taken.")
+        raise AccountError("slug", _("The slug %(slug)r is taken.", slug=slug))
     merchant = Merchant(name=name.strip(), slug=slug, timezone=timezone, locale=locale)
     db.session.add(merchant)
     db.session.flush()
@@ -83,13 +84,13 @@ def create_user(
 ) -> User:
     email = normalize_email(email)
     if "@" not in email:
-        raise AccountError("email", "Enter an email address.")
+        raise AccountError("email", _("Enter an email address."))
     if role not in ROLES:
-        raise AccountError("role", f"Choose one of {', '.join(ROLES)}.")
+        raise AccountError("role", _("Choose one of %(choices)s.", choices=", ".join(ROLES)))
     validate_password(password)
     with unscoped():
         if db.session.scalar(select(User.id).filter_by(email=email)) is not None:
-            raise AccountError("email", "A user with this email already exists.")
+            raise AccountError("email", _("A user with this email already exists."))
     user = User(
         merchant_id=merchant_id,
         email=email,
@@ -134,6 +135,14 @@ def change_password(user: User, new_password: str) -> None:
     validate_password(new_password)
     user.password_hash = hash_password(new_password)
     user.session_token = secrets.token_hex(16)
+    db.session.commit()
+
+
+def set_language(user: User, locale: str | None) -> None:
+    """The language `user` works in; None (or "") follows the merchant's default."""
+    if locale and locale not in LANGUAGES:
+        raise AccountError("locale", _("Choose one of %(choices)s.", choices=", ".join(LANGUAGES)))
+    user.locale = locale or None
     db.session.commit()
 
 

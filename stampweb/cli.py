@@ -19,6 +19,8 @@ from .extensions import db
 from .models import ROLES, Merchant
 from .tenancy import tenant, unscoped
 
+GUNICORN_CONFIG = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+
 
 def _fail(exc: AccountError) -> None:
     raise click.UsageError(f"{exc.field}: {exc.message}")
@@ -95,29 +97,80 @@ def create_user_command(slug, email, role, name, password) -> None:
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 @click.option("--queues", default=None, help="Comma-separated; default all, urgent first.")
+@click.option("--no-fork", is_flag=True,
+              help="Run jobs in this process (keeps connections open between jobs).")
 @with_appcontext
-def worker_command(burst: bool, queues: str | None) -> None:
-    """Run an RQ worker that built the app once and imported every task module."""
-    from rq import Worker
+def worker_command(burst: bool, queues: str | None, no_fork: bool) -> None:
+    """Run an RQ worker that built the app once and imported every task module.
+
+    Workers fork a work-horse per job by default, so a job that crashes or is
+    killed cannot take the worker down. `--no-fork` is for the wallet queue:
+    its jobs are short, and pushes then reuse one HTTP/2 connection to APNs
+    for the worker's life instead of opening one per job.
+    """
+    from rq import SimpleWorker, Worker
 
     from .tasks import loader
     from .tasks.queues import QUEUES, WORKER_HEARTBEAT_TTL, redis_connection, set_worker_app
 
     loader.import_task_modules()
-    set_worker_app(current_app._get_current_object())
+    app = current_app._get_current_object()
+    # Compiled here once, the email templates are inherited by every forked
+    # work-horse instead of being compiled again for each job.
+    for name in app.jinja_env.list_templates(filter_func=lambda n: n.startswith("email/")):
+        app.jinja_env.get_template(name)
+    set_worker_app(app)
     connection = redis_connection()
     names = queues.split(",") if queues else list(QUEUES)
     # The app context stays pushed in this parent process only for set-up;
     # each job pushes its own, so no session is shared between jobs.
-    worker = Worker(names, connection=connection, worker_ttl=WORKER_HEARTBEAT_TTL)
+    worker_class = SimpleWorker if no_fork else Worker
+    worker = worker_class(names, connection=connection, worker_ttl=WORKER_HEARTBEAT_TTL)
     worker.work(burst=burst, with_scheduler=True)
+
+
+@click.command("cron")
+@with_appcontext
+def cron_command() -> None:
+    """Run the `rq cron` table (stampweb/tasks/cron.py), riding out Redis restarts.
+
+    rq's own `rq cron` exits on the first Redis error, so a Redis restart would
+    stop the reconciler and every periodic job (and `run-all` with them). This
+    runs the same scheduler and starts it again, keeping its timetable.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from rq.cron import CronScheduler
+    from rq.exceptions import StopRequested
+
+    from .tasks.queues import redis_connection
+
+    scheduler = CronScheduler(connection=redis_connection())
+    scheduler.load_config_from_file("stampweb.tasks.cron")
+    delay = 1.0
+    while True:
+        began = time.monotonic()
+        try:
+            scheduler.start()  # returns when stopped by SIGINT/SIGTERM
+            return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if time.monotonic() - began > 60:
+                delay = 1.0  # it had been running: a new outage
+            click.echo(f"cron: Redis unavailable ({exc}); starting again in {delay:.0f} s",
+                       err=True)
+            try:
+                time.sleep(delay)
+            except StopRequested:  # rq's SIGTERM handler, still installed
+                return
+            delay = min(delay * 2, 30.0)
 
 
 @click.command("run-all")
 @click.option("--workers", default=1, show_default=True, help="RQ worker processes.")
-@click.option("--web-workers", default=2, show_default=True, help="gunicorn processes.")
+@click.option("--web-workers", type=int, default=None,
+              help="gunicorn processes [default: one per core, see gunicorn.conf.py].")
 @click.option("--dev", is_flag=True, help="Flask's debug server instead of gunicorn.")
-def run_all_command(workers: int, web_workers: int, dev: bool) -> None:
+def run_all_command(workers: int, web_workers: int | None, dev: bool) -> None:
     """Start web, worker(s) and cron together; Ctrl-C stops them all."""
     app: Flask = current_app._get_current_object()
     port = app.config["PORT"]
@@ -128,13 +181,19 @@ def run_all_command(workers: int, web_workers: int, dev: bool) -> None:
         web = [str(venv_bin / "flask"), "--app", "app", "run", "--debug",
                "--host", "0.0.0.0", "--port", str(port)]
     else:
-        web = [str(venv_bin / "gunicorn"), "--workers", str(web_workers), "--threads", "4",
-               "--bind", f"0.0.0.0:{port}", "--access-logfile", "-", "app:app"]
+        # Workers, threads, keep-alive and logging: gunicorn.conf.py, shared
+        # with production and bench/stamp.py.
+        web = [str(venv_bin / "gunicorn"), "--config", str(GUNICORN_CONFIG),
+               "--bind", f"0.0.0.0:{port}", "app:app"]
+        if web_workers:
+            web[1:1] = ["--workers", str(web_workers)]
     commands = [("web", web)]
+    flask = [str(venv_bin / "flask"), "--app", "app"]
     for n in range(workers):
-        commands.append((f"worker{n + 1}", [str(venv_bin / "flask"), "--app", "app", "worker"]))
-    commands.append(("cron", [str(venv_bin / "rq"), "cron", "stampweb.tasks.cron",
-                              "--url", redis_url]))
+        commands.append((f"worker{n + 1}", [*flask, "worker"]))
+    # Wallet pushes get a worker that keeps its APNs connection open (see tasks/queues.py).
+    commands.append(("wallet-worker", [*flask, "worker", "--queues", "wallet", "--no-fork"]))
+    commands.append(("cron", [*flask, "cron"]))
     processes: list[tuple[str, subprocess.Popen]] = []
     for name, argv in commands:
         processes.append((name, subprocess.Popen(argv, env=env, start_new_session=True)))
@@ -177,6 +236,7 @@ def register_cli(app: Flask) -> None:
         create_merchant_command,
         create_user_command,
         worker_command,
+        cron_command,
         run_all_command,
     ):
         app.cli.add_command(command)

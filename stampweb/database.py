@@ -10,6 +10,12 @@ lock the rows they change with SELECT ... FOR UPDATE.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -57,3 +63,49 @@ def begin_write() -> None:
 
 def is_postgres() -> bool:
     return db.engine.dialect.name == "postgresql"
+
+
+_writer_threads = threading.Lock()
+_writer_lock_files: dict[tuple[int, str], int] = {}  # (pid, database path) -> fd
+
+
+@contextmanager
+def one_writer() -> Iterator[None]:
+    """On SQLite, let one write transaction at a time in, across threads and processes.
+
+    SQLite has one write lock per database file, and a connection that finds
+    it taken sleeps in SQLite's busy handler in growing steps (up to 100 ms),
+    so under a burst of taps the unlucky ones wait far longer than the work
+    takes. Queueing instead on locks that wake the next waiter as soon as the
+    holder is done keeps the wait close to the work: a thread lock among this
+    process's threads, and flock(2) on a file beside the database among
+    processes (gunicorn workers). Writers that do not take it (jobs, admin
+    pages) still meet SQLite's lock and its busy timeout, as before.
+    PostgreSQL locks only the rows a service changes and needs none of this.
+    """
+    engine = db.engine
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    path = engine.url.database
+    with _writer_threads:
+        if not path or path == ":memory:" or path.startswith("file:"):
+            yield
+            return
+        fd = _writer_lock_file(path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _writer_lock_file(path: str) -> int:
+    # Opened once per process: a descriptor inherited across fork() shares its
+    # lock with the parent, so it would not keep two workers apart.
+    key = (os.getpid(), os.path.abspath(path))
+    fd = _writer_lock_files.get(key)
+    if fd is None:
+        fd = os.open(key[1] + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _writer_lock_files[key] = fd
+    return fd

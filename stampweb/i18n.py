@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
+from babel import support
 from flask import Flask, g, has_request_context, request
 from flask_babel import get_locale
 from flask_login import current_user
+from werkzeug.utils import cached_property
+from wtforms.i18n import messages_path
 
 from .extensions import babel
 
@@ -26,8 +31,18 @@ def normalize_locale(value: str | None, fallback: str = "en") -> str:
     return short if short in LANGUAGES else fallback
 
 
+# Blueprints whose pages speak to customers: they follow the customer's choice
+# or browser, never the language of a merchant user who happens to be logged in.
+CUSTOMER_BLUEPRINTS = {"customer"}
+
+
 def select_locale() -> str:
-    """The page's language: what the page chose (a customer's), else the browser's."""
+    """The page's language.
+
+    A page that chose one (a customer's) keeps it; a logged-in merchant user
+    sees the admin in their own language, else the merchant's default; anyone
+    else gets the browser's language, else the merchant's default.
+    """
     chosen = getattr(g, "locale", None)
     if chosen:
         return chosen
@@ -35,6 +50,8 @@ def select_locale() -> str:
     default = merchant.locale if merchant is not None else "en"
     if not has_request_context():  # jobs, CLI and services called from tests
         return default
+    if request.blueprint not in CUSTOMER_BLUEPRINTS and current_user.is_authenticated:
+        return normalize_locale(current_user.locale or current_user.merchant.locale)
     return request.accept_languages.best_match(LANGUAGES.keys()) or default
 
 
@@ -56,8 +73,32 @@ def init_i18n(app: Flask) -> None:
         timezone_selector=select_timezone,
         default_translation_directories=str(app.root_path + "/translations"),
     )
+    _cache_wtforms_translations(app)
     app.jinja_env.globals.update(
         text_direction=text_direction,
         current_locale=lambda: str(get_locale()),
         LANGUAGES=LANGUAGES,
     )
+
+
+@functools.lru_cache(maxsize=2 * len(LANGUAGES))
+def _wtforms_catalog(locale: str) -> support.Translations:
+    return support.Translations.load(messages_path(), [locale], domain="wtforms")
+
+
+def _cache_wtforms_translations(app: Flask) -> None:
+    """Read WTForms' own messages (e.g. "Not a valid integer value") once per process.
+
+    Flask-WTF parses the catalogue file anew for every request that builds a
+    form, unless the request already has `wtforms_translations` (its
+    per-request cache). Our request class answers that attribute from a
+    per-process cache instead, which takes a file read and parse off every
+    form POST.
+    """
+
+    class Request(app.request_class):
+        @cached_property
+        def wtforms_translations(self) -> support.Translations:
+            return _wtforms_catalog(str(get_locale()))
+
+    app.request_class = Request

@@ -7,7 +7,9 @@ from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from flask import Flask, current_app, has_app_context, request
+from flask import Flask, abort, current_app, has_app_context, request
+from flask_babel import gettext as _
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 # argon2id above OWASP's floor (19 MiB, 2 passes): 64 MiB, 3 passes.
 ARGON2_TIME_COST = 3
@@ -85,3 +87,35 @@ def init_security_headers(app: Flask) -> None:
             # One URL serves both the full page and its htmx fragment.
             response.vary.add("HX-Request")
         return response
+
+
+def init_input_guard(app: Flask) -> None:
+    """Refuse form fields and query arguments that contain a NUL character.
+
+    Nobody types one, SQLite would store it silently, and PostgreSQL refuses it
+    with an error: a 500 in production for a form that passed every test.
+    The JSON API validates its own input against its schemas.
+    """
+
+    @app.before_request
+    def _refuse_nul():
+        if request.path.startswith("/api/"):
+            return
+        if "\x00" in request.path:
+            abort(404)
+        fields = [request.args]
+        if request.method == "POST":
+            fields.append(request.form)
+        for multidict in fields:
+            if any("\x00" in key or "\x00" in value for key, value in multidict.items(multi=True)):
+                abort(400, description=_(
+                    "The form contained an invisible NUL character. "
+                    "Remove it (retype the text) and send the form again."
+                ))
+
+
+def trust_proxy_headers(app: Flask) -> None:
+    """Read the client's address and scheme from TRUSTED_PROXY_HOPS proxies' headers."""
+    hops = app.config.get("TRUSTED_PROXY_HOPS") or 0
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)

@@ -32,6 +32,8 @@ class Recorded:
     body: bytes
     http_version: str
     query: str = ""
+    # (host, port) of the client: the same port means the same TCP connection.
+    client: tuple | None = None
 
     def json(self):
         return json.loads(self.body or b"null")
@@ -124,6 +126,7 @@ class AsgiServer:
             body=body,
             http_version=scope["http_version"],
             query=scope.get("query_string", b"").decode(),
+            client=tuple(scope["client"]) if scope.get("client") else None,
         )
         self.requests.append(recorded)
         status, payload = self.app(recorded)

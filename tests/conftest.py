@@ -137,6 +137,20 @@ def pg_app(tmp_path, pg_url, redis_server):
         db.engine.dispose()
 
 
+@pytest.fixture
+def smtp():
+    """An aiosmtpd sink that records mail and misbehaves on demand (servers.SmtpSink)."""
+    with servers.SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def mail_app(pg_app, smtp):
+    """`pg_app` sending its mail to the `smtp` sink."""
+    pg_app.config.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp.port, MAIL_TIMEOUT=3)
+    return pg_app
+
+
 class WorkerProcesses:
     """Real `flask worker` processes on the app's database and Redis."""
 
@@ -144,9 +158,10 @@ class WorkerProcesses:
         self.env = env
         self.processes: list[subprocess.Popen] = []
 
-    def start(self, count: int = 1, burst: bool = False) -> None:
+    def start(self, count: int = 1, burst: bool = False, *extra: str) -> None:
+        """`extra` are more `flask worker` options, e.g. "--queues", "wallet", "--no-fork"."""
         for _ in range(count):
-            argv = [str(VENV_BIN / "flask"), "--app", "app", "worker"]
+            argv = [str(VENV_BIN / "flask"), "--app", "app", "worker", *extra]
             if burst:
                 argv.append("--burst")
             self.processes.append(

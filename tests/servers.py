@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import email
 import email.policy
@@ -1010,6 +1011,7 @@ class _SinkHandler:
         sink = self._sink
         with sink._cond:
             sink._data_attempts += 1
+            sink._attempts_by_rcpt.update(a.lower() for a in envelope.rcpt_tos)
             forced = sink._forced.pop(0) if sink._forced else None
             fail_after = sink.fail_after
             over_limit = fail_after is not None and sink._data_count >= fail_after
@@ -1020,6 +1022,8 @@ class _SinkHandler:
                 return "421 4.3.2 Service shutting down"
             mode = sink.mode if sink.mode != "hang" else "ok"
         if over_limit and mode == "ok":
+            mode = "tempfail"
+        if mode == "ok" and sink._tempfails(envelope.rcpt_tos):
             mode = "tempfail"
         if mode == "tempfail":
             return "451 4.3.0 Temporary failure, please try again later"
@@ -1087,6 +1091,9 @@ class SmtpSink:
         dropped and not recorded.  ``stop()`` always ends hung transactions.
     ``reject_addresses``
         Recipients answered with 550 even in ``"ok"`` mode (case-insensitive).
+    ``tempfail_addresses``
+        Messages to these recipients get 451 at DATA even in ``"ok"`` mode
+        (a mailbox whose server keeps deferring it).
     ``reject_stage``
         ``"rcpt"`` (default: refuse at RCPT TO; smtplib raises
         ``SMTPRecipientsRefused`` if all are refused) or ``"data"`` (refuse
@@ -1126,7 +1133,9 @@ class SmtpSink:
         self._hanging = 0
         self._stopping = threading.Event()
         self._sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._attempts_by_rcpt: collections.Counter[str] = collections.Counter()
         self.reject_addresses: set[str] = set()
+        self.tempfail_addresses: set[str] = set()
         self.reject_stage = "rcpt"
         self.fail_after: int | None = None
 
@@ -1164,6 +1173,10 @@ class SmtpSink:
             return True
         wanted = {a.lower() for a in self.reject_addresses}
         return address.lower() in wanted
+
+    def _tempfails(self, recipients: Iterable[str]) -> bool:
+        wanted = {a.lower() for a in self.tempfail_addresses}
+        return any(r.lower() in wanted for r in recipients)
 
     async def _hang(self, forced: bool = False) -> bool:
         """Block until released (True) or the sink stops (False).
@@ -1216,6 +1229,17 @@ class SmtpSink:
         """Number of DATA transactions received, whatever the answer."""
         return self._data_attempts
 
+    def data_attempts_by_recipient(self) -> collections.Counter[str]:
+        """DATA transactions received per recipient (lower-cased), whatever the answer,
+        including hung ones whose client gave up: what the recipient may have got."""
+        with self._cond:
+            return collections.Counter(self._attempts_by_rcpt)
+
+    def accepted_by_recipient(self) -> collections.Counter[str]:
+        """Accepted (250) DATA transactions per recipient (lower-cased)."""
+        with self._cond:
+            return collections.Counter(r.lower() for m in self._messages for r in m.rcpt_tos)
+
     @property
     def rejected_count(self) -> int:
         """Number of 550 answers given (at RCPT or DATA)."""
@@ -1234,6 +1258,7 @@ class SmtpSink:
             self._logins.clear()
             self._data_count = 0
             self._data_attempts = 0
+            self._attempts_by_rcpt.clear()
             self._rejected_count = 0
 
     def reset(self) -> None:
@@ -1242,6 +1267,7 @@ class SmtpSink:
             self.clear()
             self._mode = "ok"
             self.reject_addresses = set()
+            self.tempfail_addresses = set()
             self.reject_stage = "rcpt"
             self.fail_after = None
             self._forced.clear()

@@ -83,6 +83,23 @@ def _campaign(api, **fields):
     return api.post("/campaigns", payload)
 
 
+def test_campaign_versions_in_other_languages(app, api):
+    """variants: one per shipped language; a half-written email version is refused
+    field by field, and nothing is saved."""
+    from stampweb.models.campaigns import Campaign
+
+    ru = {"subject": "Привет", "body_markdown": "Два по цене одного"}
+    response = _campaign(api, variants={"ru": ru, "he": {}})
+    assert response.status_code == 201, response.data
+    with app.app_context(), tenant(api.merchant_id):
+        assert db.session.get(Campaign, response.get_json()["id"]).variants == {"ru": ru}
+    body = is_problem(_campaign(api, name="Half", variants={"fa": {"subject": "سلام"}}), 422)
+    assert [e["field"] for e in body["errors"]] == ["variants.fa.body_markdown"]
+    is_problem(_campaign(api, name="Klingon", variants={"tlh": ru}), 422)
+    with app.app_context(), tenant(api.merchant_id):
+        assert db.session.query(Campaign).count() == 1
+
+
 def test_campaign_create_schedule_and_cancel(api):
     response = _campaign(api)
     assert response.status_code == 201, response.data

@@ -179,3 +179,37 @@ def test_concurrent_retries_stamp_once_on_postgresql(pg_app):
     assert visits(pg_app, merchant_id) == 1
     with pg_app.app_context(), tenant(merchant_id):
         assert db.session.get(Card, card_id).stamps == 2
+
+
+def test_stored_answers_are_purged_nightly_after_their_retention(app, client, shop):
+    """`rq cron` runs the purge nightly; old answers go, a fresh one stays and still replays."""
+    from datetime import timedelta
+
+    import fakeredis
+    from rq.cron import CronScheduler
+    from sqlalchemy import update
+
+    from stampweb.api.idempotency import RETENTION
+    from stampweb.models import IdempotencyRecord, utcnow
+    from stampweb.tasks.maintenance import purge_idempotency_records
+
+    scheduler = CronScheduler(connection=fakeredis.FakeRedis())
+    scheduler.load_config_from_file("stampweb.tasks.cron")
+    names = {job.func_name: job for job in scheduler.get_jobs()}
+    assert names["stampweb.tasks.maintenance.purge_idempotency_records"].cron == "41 3 * * *"
+
+    api = Api(client, shop["key"])
+    api.post("/visits", {"card_code": shop["code"]}, idempotency_key="old-receipt")
+    api.post("/visits", {"card_code": shop["code"]}, idempotency_key="new-receipt")
+    with app.app_context(), tenant(shop["merchant_id"]):
+        db.session.execute(update(IdempotencyRecord)
+                           .where(IdempotencyRecord.key == "old-receipt")
+                           .values(created_at=utcnow() - RETENTION - timedelta(hours=1)))
+        db.session.commit()
+    with app.app_context():
+        assert purge_idempotency_records() == 1
+    with app.app_context(), tenant(shop["merchant_id"]):
+        keys = db.session.scalars(select(IdempotencyRecord.key)).all()
+    assert keys == ["new-receipt"]
+    again = api.post("/visits", {"card_code": shop["code"]}, idempotency_key="new-receipt")
+    assert again.headers["Idempotent-Replayed"] == "true"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urljoin, urlsplit
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stampweb.extensions import db
 from stampweb.models import User
@@ -61,7 +66,9 @@ def test_protected_pages_redirect_to_login(client):
 
 
 @pytest.mark.parametrize(
-    "target", ["//evil.com", "\\\\evil.com", "/\\evil.com", "https://evil.com", "javascript:x"]
+    "target", ["//evil.com", "\\\\evil.com", "/\\evil.com", "https://evil.com", "javascript:x",
+               "///evil.com", "/\t/evil.com", "\\/evil.com", " //evil.com", "https:evil.com",
+               "//evil.com/%2F..", "http:/evil.com"]
 )
 def test_next_never_leaves_the_site(client, shop, target):
     page = client.get("/login")
@@ -72,6 +79,25 @@ def test_next_never_leaves_the_site(client, shop, target):
     )
     assert response.headers["Location"].endswith("/admin/")
     assert not is_safe_next(target)
+
+
+def _host_a_browser_reaches(target: str) -> str:
+    """Where a browser would go from /login: the WHATWG URL parser strips leading
+    control characters and spaces, drops tabs and newlines anywhere, and reads a
+    backslash as a slash in http(s) URLs."""
+    cleaned = target.lstrip("".join(map(chr, range(33))))
+    cleaned = cleaned.replace("\t", "").replace("\n", "").replace("\r", "").replace("\\", "/")
+    return urlsplit(urljoin("https://shop.example/login", cleaned)).netloc
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(st.one_of(
+    st.text(alphabet=st.sampled_from(list("/\\:.@%?#\t\n \x00evilcomhtps")), max_size=16),
+    st.text(max_size=16).map(lambda t: "/" + t),
+))
+def test_a_next_judged_safe_never_leaves_the_site(target):
+    if is_safe_next(target):
+        assert _host_a_browser_reaches(target) == "shop.example", target
 
 
 def test_next_local_path_is_followed(client, shop):
@@ -113,6 +139,48 @@ def test_password_change_logs_out_other_sessions(app, shop):
     assert response.status_code == 302
     assert first.get("/admin/").status_code == 200
     assert second.get("/admin/").status_code == 302  # back to login
+
+
+def test_every_user_finds_the_password_form_and_a_change_takes_effect(app, shop):
+    """Staff (who have no admin nav) reach it from the staff page; a wrong current
+    password is refused beside its field; afterwards only the new password works,
+    and the session that changed it stays logged in while the others are out."""
+    staff, other_phone = app.test_client(), app.test_client()
+    login(staff, "staff@cafe.test")
+    login(other_phone, "staff@cafe.test")
+    assert 'href="/account/password"' in staff.get("/staff").text
+    page = staff.get("/account/password")
+    token = csrf_token_from(page.text)
+    wrong = staff.post("/account/password", data={
+        "current_password": "not it at all", "new_password": "a new long password",
+        "confirm": "a new long password", "csrf_token": token})
+    assert wrong.status_code == 200
+    assert re.search(r'id="current_password-error">[^<]*not your current password', wrong.text)
+    assert other_phone.get("/staff").status_code == 200  # nothing changed yet
+
+    done = staff.post("/account/password", data={
+        "current_password": PASSWORD, "new_password": "a new long password",
+        "confirm": "a new long password", "csrf_token": token})
+    assert done.status_code == 302
+    assert staff.get("/staff").status_code == 200
+    assert other_phone.get("/staff").status_code == 302
+    assert login(app.test_client(), "staff@cafe.test").status_code == 200  # old: refused
+    assert login(app.test_client(), "staff@cafe.test", "a new long password").status_code == 302
+
+
+def test_an_old_session_cookie_replayed_after_a_password_change_is_rejected(app, shop):
+    """A stolen cookie copied before the change stops working after it."""
+    thief, owner = app.test_client(), app.test_client()
+    login(owner, "owner@cafe.test")
+    stolen = owner.get_cookie("session").value
+    thief.set_cookie("session", stolen)
+    assert thief.get("/admin/").status_code == 200
+    token = csrf_token_from(owner.get("/account/password").text)
+    owner.post("/account/password", data={
+        "current_password": PASSWORD, "new_password": "another long password",
+        "confirm": "another long password", "csrf_token": token})
+    thief.set_cookie("session", stolen)
+    assert thief.get("/admin/").status_code == 302
 
 
 def test_passwords_are_argon2id_and_old_hashes_are_upgraded(tmp_path):

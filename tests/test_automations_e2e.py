@@ -25,20 +25,7 @@ from stampweb.tasks.automations import run_automations
 from stampweb.tasks.queues import DEFAULT, enqueue
 from stampweb.tenancy import tenant
 
-from . import servers
 from .factories import csrf_token_from, gen_customer, gen_merchant, login
-
-
-@pytest.fixture
-def smtp():
-    with servers.SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def mail_app(pg_app, smtp):
-    pg_app.config.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp.port, MAIL_TIMEOUT=3)
-    return pg_app
 
 
 def day_of(moment: datetime) -> datetime:

@@ -3,10 +3,6 @@ what happened to each, on real SMTP, Redis, PostgreSQL and worker processes."""
 
 from __future__ import annotations
 
-import os
-import signal
-from datetime import timedelta
-
 import pytest
 from rq import SimpleWorker
 from sqlalchemy import func, select
@@ -14,11 +10,10 @@ from sqlalchemy import func, select
 from stampweb.campaigns import outbox, rendering, sending
 from stampweb.extensions import db, redis_client
 from stampweb.models import CONSENT_GRANTED, Customer, utcnow
-from stampweb.models.campaigns import Campaign, Message, MessageEvent
+from stampweb.models.campaigns import Campaign, Message
 from stampweb.tasks.queues import QUEUES, get_queue, set_worker_app
 from stampweb.tenancy import tenant
 
-from . import servers
 from .conftest import wait_until
 from .factories import gen_customer, gen_merchant
 
@@ -161,19 +156,54 @@ def test_pause_releases_and_cancel_skips(app):
             assert statuses == {"cancelled"}
 
 
+@pytest.mark.parametrize("change, expected", [
+    ({"email_consent": "withdrawn"}, ("skipped", "no_consent")),
+    ({"email_suppressed_at": True}, ("skipped", "suppressed")),
+    ({"email_confirmed_at": None}, ("skipped", "no_consent")),
+    ({"email": ""}, ("skipped", "no_address")),
+    ({"email": "moved@example.com"}, ("sent", None)),
+])
+def test_a_change_during_the_batch_counts_at_the_moment_of_sending(app, monkeypatch, change,
+                                                                   expected):
+    """A batch loads its customers once; a consent or address change made after that,
+    while earlier messages go out, still decides this message (the in-flight statement
+    re-checks it), and a new address is the one the message goes to."""
+    with app.app_context():
+        merchant = gen_merchant()
+        mid = merchant.id
+        first, second = opted_in(merchant, 2)
+        campaign_id = make_campaign(mid)
+        build = sending._Emails.build
+
+        def build_then_change(self, message, customer, card):
+            email = build(self, message, customer, card)
+            if customer.id == second:
+                values = {k: (utcnow() if v is True else v) for k, v in change.items()}
+                with db.engine.begin() as connection:  # another process, in effect
+                    connection.execute(Customer.__table__.update()
+                                       .where(Customer.__table__.c.id == second).values(values))
+            return email
+
+        monkeypatch.setattr(sending._Emails, "build", build_then_change)
+        with tenant(mid):
+            sending.start(campaign_id)
+            sending.fanout(campaign_id)
+            ids = [m.id for m in db.session.scalars(select(Message).order_by(Message.id))]
+            outcome = sending.send_batch(campaign_id, ids)
+            db.session.commit()
+            from stampweb.models import MailboxMessage
+
+            mailbox = [m.to_address for m in db.session.scalars(select(MailboxMessage))]
+        rows = {cid: (status, reason) for cid, status, reason in outbox_rows(mid, campaign_id)}
+    assert rows[first] == ("sent", None)
+    assert rows[second] == expected
+    assert outcome["sent"] == 1 + (expected[0] == "sent")
+    if expected[0] == "sent":
+        assert mailbox[-1] == change["email"]
+    assert len(mailbox) == outcome["sent"]
+
+
 # --- integration: real SMTP, Redis, PostgreSQL and workers ----------------------
-
-
-@pytest.fixture
-def smtp():
-    with servers.SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def mail_app(pg_app, smtp):
-    pg_app.config.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp.port, MAIL_TIMEOUT=3)
-    return pg_app
 
 
 @pytest.mark.integration
@@ -236,92 +266,5 @@ def test_unsubscribe_between_fanout_and_send_is_honoured(mail_app, smtp):
     assert rows == {stay: "sent", leave: "skipped"}
 
 
-@pytest.mark.integration
-def test_smtp_451_is_retried_with_backoff_and_550_suppresses(mail_app, smtp):
-    with mail_app.app_context():
-        merchant = gen_merchant()
-        mid = merchant.id
-        ok, bounce = opted_in(merchant, 2)
-        campaign_id = make_campaign(mid)
-        with tenant(mid):
-            bounce_email = db.session.get(Customer, bounce).email
-            sending.start(campaign_id)
-            sending.fanout(campaign_id)
-            smtp.reject_addresses = {bounce_email}
-            smtp.fail_next(1, mode="tempfail")
-            ids = [m.id for m in db.session.scalars(select(Message).order_by(Message.id))]
-            first = sending.send_batch(campaign_id, ids)
-            assert first["retry"] == 1 and first["failed"] == 1
-            retry_row = db.session.scalar(select(Message).where(Message.customer_id == ok))
-            assert retry_row.status == "pending" and retry_row.next_attempt_at > utcnow()
-            # Not due yet: a second batch now sends nothing.
-            assert sending.send_batch(campaign_id, ids)["sent"] == 0
-            retry_row.next_attempt_at = utcnow() - timedelta(seconds=1)
-            db.session.commit()
-            assert sending.send_batch(campaign_id, ids)["sent"] == 1
-            assert db.session.get(Customer, bounce).email_suppressed_at is not None
-            history = [e.status for e in db.session.scalars(
-                select(MessageEvent).where(MessageEvent.message_id == retry_row.id)
-                .order_by(MessageEvent.id))]
-            assert history == ["retry", "sent"]
-
-
-@pytest.mark.integration
-def test_worker_killed_mid_batch_sends_nothing_twice(mail_app, smtp, workers):
-    """SIGKILL the work-horse while it is inside DATA; restart; reconcile."""
-    with mail_app.app_context():
-        merchant = gen_merchant()
-        mid = merchant.id
-        customers = opted_in(merchant, 12)
-        campaign_id = make_campaign(mid)
-        with tenant(mid):
-            sending.start(campaign_id)
-    smtp.fail_after = None
-    smtp.mode = "ok"
-    workers.start(1)
-    wait_until(lambda: smtp.data_count >= 4, timeout=60, message="some emails sent")
-    smtp.mode = "hang"
-    wait_until(lambda: smtp.hanging >= 1, timeout=30, message="a hung DATA")
-    horses = [child for proc in workers.processes for child in _children(proc.pid)]
-    assert horses, "no work-horse found"
-    for pid in horses:
-        os.kill(pid, signal.SIGKILL)
-    workers.stop()
-    smtp.mode = "ok"
-    smtp.release()
-    with mail_app.app_context(), tenant(mid):
-        # The killed row's lease runs out; the reconciler calls it unknown and
-        # re-enqueues what is still pending.
-        sending.reconcile(now=utcnow() + outbox.LEASE + timedelta(seconds=1),
-                          stale_after=timedelta(0))
-    workers.start(1)
-    with mail_app.app_context(), tenant(mid):
-        wait_until(lambda: db.session.get(Campaign, campaign_id).status == "sent"
-                   or db.session.rollback(), timeout=60, message="campaign sent")
-        rows = outbox_rows(mid, campaign_id)
-        emails = dict(db.session.execute(select(Customer.id, Customer.email)).all())
-    statuses = {cid: status for cid, status, _ in rows}
-    assert set(statuses) == set(customers)
-    assert set(statuses.values()) <= {"sent", "unknown"}
-    assert list(statuses.values()).count("unknown") <= 1
-    delivered = [r for m in smtp.messages for r in m.rcpt_tos]
-    assert len(delivered) == len(set(delivered)), "someone got two emails"
-    for cid, status in statuses.items():
-        if status == "sent":
-            assert emails[cid] in delivered
-
-
-def _children(pid: int) -> list[int]:
-    """Child processes of `pid` (the RQ work-horse forked by a worker)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
+# The fault suite (kill -9, Redis restart, 451/550, a hung server, an error
+# burst) lives in tests/test_faults.py.

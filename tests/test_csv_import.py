@@ -263,6 +263,74 @@ def test_too_many_rows_is_refused():
     assert "more than 3 rows" in caught.value.message
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_file_with_byte_order_mark_is_read(app, shop, encoding):
+    """Excel's "Unicode text" is UTF-16 with a BOM (tab-separated)."""
+    text = "Email\tFirst name\nzoë@example.com\tZoë\nüli@example.com\tÜli\n"
+    data = text.encode(encoding)
+    if encoding != "utf-16":
+        data = ("\ufeff" + text).encode(encoding)
+    parsed = csv_io.read_upload(data)
+    assert parsed.encoding == "utf-16"
+    assert parsed.headers == ["Email", "First name"]
+    assert [cells[1] for _line, cells in parsed.rows] == ["Zoë", "Üli"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)) * 4,  # an .xlsx sent as .csv
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 64,
+        "email\nzoë@example.com\n".encode("utf-16-le"),  # UTF-16 without its BOM
+    ],
+    ids=["zip", "png", "utf16-no-bom"],
+)
+def test_binary_junk_is_refused_with_a_clear_message(data):
+    with pytest.raises(csv_io.CsvFileError) as caught:
+        csv_io.read_upload(data)
+    assert "binary data" in caught.value.message or "encoding" in caught.value.message
+
+
+RAGGED = (
+    "Email,First name,Phone,Birthday\n"
+    "ok@example.com,Ok,,\n"
+    "short@example.com\n"
+    "extra@example.com,Ex,,,,,surplus\n"
+    "not-an-email,Bad,,\n"
+    "q@example.com,\"unclosed,,\n"
+    "swallowed@example.com,Swallowed,,\n"
+)
+
+
+def test_broken_rows_are_reported_line_by_line_and_only_good_ones_imported(app, shop):
+    """Short rows are padded, long ones and bad values refused with the line they start
+    on; an unclosed quote is named instead of silently eating the lines after it."""
+    with app.app_context():
+        report = _run(shop, RAGGED)
+        reasons = {r.line: (r.action, r.reason) for r in report.rows}
+        assert reasons[2] == ("import", "")
+        assert reasons[3] == ("import", "")
+        assert "7 columns but the header has 4" in reasons[4][1]
+        assert "not a valid email address" in reasons[5][1]
+        assert reasons[6][0] == "reject" and "quote" in reasons[6][1]
+        assert (report.imported, report.rejected) == (2, 3)
+        assert sorted(_customers(shop)) == ["ok@example.com", "short@example.com"]
+
+
+def test_a_large_file_is_planned_row_by_row(app, shop):
+    """Ten thousand rows, every hundredth one broken: each broken one is named."""
+    lines = ["Email,First name"]
+    for n in range(10_000):
+        lines.append(f"bad-{n}" if n % 100 == 0 else f"c{n}@example.com,Name {n}")
+    with app.app_context():
+        report = _plan(shop, "\n".join(lines) + "\n")
+    assert (report.imported, report.rejected) == (9_900, 100)
+    rejected = [r.line for r in report.rows if r.action == "reject"]
+    assert rejected == [n + 2 for n in range(0, 10_000, 100)]
+    with app.app_context():
+        assert _count(Customer, shop) == 0
+
+
 def test_a_failure_in_the_middle_imports_nothing(app, shop, monkeypatch):
     """Something unexpected on the third row: the whole import is rolled back."""
     real = csv_io._import_extras
@@ -359,6 +427,29 @@ def test_oversize_upload_shows_message_next_to_the_file_field(app, client, shop)
     assert response.status_code == 200
     assert re.search(r'<p class="error" id="file-error">[^<]*larger than 5 MB', response.text)
     assert "Typed basis" in response.text
+
+
+def test_upload_over_the_request_limit_shows_the_import_page_with_a_message(app, client, shop):
+    """Past MAX_CONTENT_LENGTH the body is not even read: 413, the import form again
+    with the reason beside the file field, nothing kept."""
+    login(client, "manager@cafe.test")
+    big = b"email\n" + b"x" * app.config["MAX_CONTENT_LENGTH"]
+    response = _upload(client, big)
+    assert response.status_code == 413
+    assert re.search(r'<p class="error" id="file-error">[^<]*larger than 5 MB', response.text)
+    assert '<form method="post" enctype="multipart/form-data"' in response.text
+    assert not (Path(app.instance_path) / "imports").exists() or not list(
+        (Path(app.instance_path) / "imports").iterdir())
+
+
+def test_broken_rows_uploaded_through_the_page_are_listed_in_the_review(app, client, shop):
+    """The same broken rows through the pages: the review lists each with its reason."""
+    login(client, "manager@cafe.test")
+    response = _upload(client, RAGGED.encode("utf-16"))
+    review = client.get(response.headers["Location"].replace("/map", "/review"))
+    assert review.status_code == 200
+    assert "7 columns but the header has 4" in review.text
+    assert "is not closed" in review.text
 
 
 def test_upload_needs_a_consent_basis(app, client, shop):

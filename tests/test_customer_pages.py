@@ -204,7 +204,7 @@ def test_card_page_shows_stamps_qr_history_and_is_not_cached(client, app, shop):
     assert page.text.count('class="stamp filled"') == 3
     assert page.text.count('class="stamp"') == 7
     assert "<svg" in page.text and code in page.text
-    assert "3 stamps" in page.text
+    assert "3 חותמות" in page.text  # the Hebrew catalogue: "3 stamps"
     assert 'lang="he"' in page.text and 'dir="rtl"' in page.text
     assert "/prefs/" in page.text
 

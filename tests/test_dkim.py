@@ -103,6 +103,36 @@ def transport_bytes(msg) -> bytes:
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n", utf8=False))
 
 
+def bulk_campaign_message(merchant):
+    """The same campaign email from the campaign sender's BulkComposer (raw bytes)."""
+    composer = transport.BulkComposer(merchant, {
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        "List-Id": f"{merchant.name} <bean.loyalty.example.org>",
+        "Precedence": "bulk",
+    })
+    return composer.compose(
+        to="ana@example.com", subject="Two for one this weekend — Ana",
+        text="Hello Ana,\n\nTwo for one.\n\n-- \nUnsubscribe: https://x/u/abc\n",
+        html="<p>Hello Ana,</p><p><strong>Two for one.</strong></p>",
+        message_id="m1.c1@loyalty.example.org",
+        headers={"List-Unsubscribe": "<https://loyalty.example.org/u/abc>, "
+                                     "<mailto:unsubscribe@loyalty.example.org?subject=u-1>"},
+    )
+
+
+def test_bulk_message_signature_verifies_and_covers_list_unsubscribe(dkim_app, rsa_key):
+    """The campaign sender's raw messages are signed over their exact bytes, with the
+    same h= as the EmailMessage path, also for a merchant name that is not ASCII."""
+    with dkim_app.app_context():
+        key = dkim.configured_key()
+        msg = dkim.sign_raw(bulk_campaign_message(gen_merchant(name="Café Crème")), key)
+    assert msg.data.startswith(b"DKIM-Signature:")
+    assert dkimpy.verify(msg.data, dnsfunc=dns_stub(rsa_key))
+    signed = signed_tags(msg.data)["h"].split(":")
+    assert {"list-unsubscribe", "list-unsubscribe-post", "list-id", "from", "to", "subject",
+            "date", "message-id", "mime-version", "content-type"} <= set(signed)
+
+
 def test_changing_the_unsubscribe_header_breaks_the_signature(dkim_app, rsa_key):
     """A relay that rewrote List-Unsubscribe would fail verification: the header is signed."""
     with dkim_app.app_context():
@@ -162,9 +192,14 @@ def test_message_received_over_smtp_verifies(dkim_app, rsa_key):
     """Signed, then sent through the SMTP transport: the bytes the server received verify."""
     with servers.SmtpSink() as sink, dkim_app.app_context():
         dkim_app.config.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=sink.port, MAIL_TIMEOUT=5)
-        msg = dkim.sign(campaign_message(gen_merchant()))
+        merchant = gen_merchant()
+        msg = dkim.sign(campaign_message(merchant))
         with transport.open_connection() as connection:
             connection.send(msg)
-        [received] = sink.messages
-    assert dkimpy.verify(received.raw, dnsfunc=dns_stub(rsa_key))
-    assert "list-unsubscribe-post" in signed_tags(received.raw)["h"].split(":")
+            # The campaign sender's raw messages are signed by the connection itself.
+            connection.send(bulk_campaign_message(merchant))
+        received = sink.messages
+    assert len(received) == 2
+    for message in received:
+        assert dkimpy.verify(message.raw, dnsfunc=dns_stub(rsa_key))
+        assert "list-unsubscribe-post" in signed_tags(message.raw)["h"].split(":")

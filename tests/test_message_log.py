@@ -193,6 +193,8 @@ def test_another_merchants_message_is_404(app, client):
 @pytest.mark.browser
 def test_log_opens_a_message_in_place_on_a_phone(app, live_server, browser_page):
     """At 360 px: filters and rows fit; tapping a row loads its history in place (htmx)."""
+    from playwright.sync_api import expect
+
     from .browser import (
         assert_no_browser_errors,
         assert_no_horizontal_scroll,
@@ -221,6 +223,8 @@ def test_log_opens_a_message_in_place_on_a_phone(app, live_server, browser_page)
     assert not violations, axe_report(violations)
     page.get_by_text("More filters").click()
     page.select_option("#status", "skipped")
-    page.wait_for_function("document.querySelectorAll('.message-log details').length === 1")
+    # expect() polls from Python; a string wait_for_function is eval'd in the
+    # page, which the page's CSP (no unsafe-eval) refuses once it has to poll.
+    expect(page.locator(".message-log details")).to_have_count(1)
     assert "Bo Chen" in page.locator("#message-rows").inner_text()
     assert_no_browser_errors(page)

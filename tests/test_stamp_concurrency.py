@@ -8,11 +8,14 @@ SQLite unit app and on a real PostgreSQL server.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
 from sqlalchemy import func, select
 
+from stampweb.database import one_writer
 from stampweb.extensions import db
 from stampweb.loyalty import stamping
 from stampweb.loyalty.stamping import StampRefused
@@ -126,3 +129,24 @@ def test_many_phones_at_once_still_write_one_row(request, engine):
     assert sum(isinstance(o, stamping.StampResult) for o in outcomes) == 1, outcomes
     assert sum(isinstance(o, StampRefused) for o in outcomes) == 7, outcomes
     assert _ledger(application, merchant_id, card_id) == (1, 1)
+
+
+# Exits 3 when another process holds the lock file, 0 when it could take it.
+_FLOCK_PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    sys.exit(3)
+"""
+
+
+def test_one_sqlite_writer_also_keeps_other_processes_waiting(app):
+    """gunicorn workers are processes: while one is in a stamp transaction, another waits."""
+    with app.app_context():
+        lock_file = db.engine.url.database + "-writer.lock"
+        with one_writer():
+            while_held = subprocess.run([sys.executable, "-c", _FLOCK_PROBE, lock_file])
+        after = subprocess.run([sys.executable, "-c", _FLOCK_PROBE, lock_file])
+    assert (while_held.returncode, after.returncode) == (3, 0)

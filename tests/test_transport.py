@@ -9,8 +9,10 @@ from sqlalchemy import select
 
 from stampweb.extensions import db
 from stampweb.messaging.transport import (
+    BulkComposer,
     HeaderInjection,
     PermanentFailure,
+    RawMessage,
     TemporaryFailure,
     build_message,
     open_connection,
@@ -78,6 +80,69 @@ def test_line_breaks_in_headers_are_refused(app, shop, kwargs):
     """CR/LF in any header value raises HeaderInjection: no extra header can be smuggled in."""
     with pytest.raises(HeaderInjection):
         _message(shop, **kwargs)
+
+
+def _bulk(merchant, to="guest@example.com", subject="Hello", **kwargs):
+    composer = BulkComposer(merchant, {"List-Id": "Café Ada <offers.cafe.loyalty.example.org>",
+                                       "Precedence": "bulk"})
+    return composer.compose(to=to, subject=subject, message_id=kwargs.pop("message_id", "m1.c1@x"),
+                            text=kwargs.pop("text", "Plain words = fine\n" + "é" * 120),
+                            html=kwargs.pop("html", "<p>Rich words</p>"), **kwargs)
+
+
+def test_bulk_messages_have_the_shape_of_build_message(app, shop):
+    """The campaign sender's fast composer: the same MIME structure and headers as
+    build_message, bodies and non-ASCII headers decoded back intact."""
+    app.config["BASE_URL"] = "https://loyalty.example.org"
+    long_subject = "Two for one this weekend, " * 5 + "Zoë"
+    msg = _bulk(shop, subject=long_subject, headers={
+        "List-Unsubscribe": "<https://loyalty.example.org/u/" + "t" * 120 + ">, "
+                            "<mailto:unsubscribe@loyalty.example.org?subject=u-1>"})
+    assert isinstance(msg, RawMessage)
+    assert all(len(line) <= 998 for line in msg.data.split(b"\r\n"))
+    assert b"\n" not in msg.data.replace(b"\r\n", b"")
+    parsed = message_from_bytes(msg.data, policy=policy.default)
+    assert parsed.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
+    assert parsed["From"] == "Ada's Cafe <hello@cafe.example>"
+    assert parsed["To"] == "guest@example.com"
+    assert parsed["Subject"] == long_subject
+    assert parsed["Message-ID"] == msg.message_id == "<m1.c1@x>"
+    assert parsed["Auto-Submitted"] == "auto-generated"
+    assert parsed["List-Id"] == "Café Ada <offers.cafe.loyalty.example.org>"
+    assert parsed["List-Unsubscribe"].startswith("<https://loyalty.example.org/u/tttt")
+    # Parsed from wire bytes, the lines end in CRLF.
+    plain = parsed.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert plain == "Plain words = fine\n" + "é" * 120 + "\n"
+    assert parsed.get_body(("html",)).get_content().strip() == "<p>Rich words</p>"
+    assert msg.recipients == ("guest@example.com",) and msg.sender == "hello@cafe.example"
+
+
+def test_bulk_messages_refuse_line_breaks_in_headers(app, shop):
+    for kwargs in ({"subject": "Hi\r\nBcc: victim@example.com"},
+                   {"to": "guest@example.com\nBcc: victim@example.com"},
+                   {"message_id": "abc\r\nBcc: victim@example.com"},
+                   {"headers": {"List-Unsubscribe": "<https://x/u/1>\nBcc: v@example.com"}}):
+        with pytest.raises(HeaderInjection):
+            _bulk(shop, **kwargs)
+
+
+def test_bulk_message_to_a_non_ascii_address_uses_build_message(app, shop):
+    """SMTPUTF8 addresses take the email package's path, which knows how to send them."""
+    msg = _bulk(shop, to="zoë@example.com")
+    assert not isinstance(msg, RawMessage)
+    assert msg["To"] == "zoë@example.com" and msg["List-Id"]
+
+
+def test_bulk_messages_go_to_the_mailbox(app, shop):
+    with tenant(shop.id):
+        with open_connection() as connection:
+            connection.send(_bulk(shop, to="one@example.com", subject="First"))
+        db.session.commit()
+        [row] = db.session.scalars(select(MailboxMessage)).all()
+    assert (row.to_address, row.subject, row.message_id) == ("one@example.com", "First",
+                                                              "<m1.c1@x>")
+    assert message_from_bytes(row.raw, policy=policy.default)["Subject"] == "First"
 
 
 def test_without_mail_server_messages_are_kept_in_the_mailbox(app, shop):
@@ -184,3 +249,12 @@ def test_an_unreachable_smtp_server_is_a_temporary_failure(app, shop):
     app.config.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=free_port(), MAIL_TIMEOUT=2)
     with open_connection() as connection, pytest.raises(TemporaryFailure):
         connection.send(_message(shop))
+
+
+@pytest.mark.integration
+def test_bulk_messages_go_over_smtp(app, shop, smtp):
+    with tenant(shop.id), open_connection() as connection:
+        connection.send(_bulk(shop, to="two@example.com", subject="Second"))
+        connection.send(_bulk(shop, to="three@example.com", subject="Third"))
+    assert [m.rcpt_tos for m in smtp.messages] == [("two@example.com",), ("three@example.com",)]
+    assert smtp.messages[1].message["Subject"] == "Third"

@@ -69,3 +69,36 @@ def test_stamps_reach_the_phone_through_a_real_worker(pg_app, creds):
                 "3/10"
         finally:
             workers.stop()
+
+
+def test_the_wallet_worker_keeps_one_apns_connection_across_jobs(pg_app, creds):
+    """`run-all`'s wallet worker (`--queues wallet --no-fork`): two update jobs, minutes
+    apart in real life, push over the same HTTP/2 connection."""
+    with ApnsStandIn(str(creds.tls_cert), str(creds.tls_key)) as apns_server:
+        settings = {**apple_config(creds), "APNS_URL": apns_server.url,
+                    "BASE_URL": "https://cafe.test", "WALLET_COALESCE_SECONDS": 0}
+        pg_app.config.update(settings)
+        env = app_env(pg_app, **{k: str(v) for k, v in settings.items()
+                                 if v is not None and k.startswith(("APPLE_", "APNS_"))})
+        workers = WorkerProcesses(env)
+        workers.start(1, False, "--queues", "wallet", "--no-fork")
+        try:
+            client = pg_app.test_client()
+            with pg_app.app_context():
+                card = card_of(gen_customer(gen_merchant()))
+            phone = Device(client, "no-fork-device", "7a" * 32)
+            serial = phone.add_pass(
+                client.get(f"/wallet/pass/{card.token}.pkpass").data)["serialNumber"]
+            assert phone.register(serial).status_code == 201
+
+            for expected in (1, 2):
+                with pg_app.app_context():
+                    events.send(events.card_changed, merchant_id=card.merchant_id,
+                                card_id=card.id)
+                wait_until(lambda n=expected: len(apns_server.pushes()) >= n, timeout=30,
+                           message=f"push {expected}")
+            first, second = apns_server.pushes()
+            assert first.http_version == second.http_version == "2"
+            assert first.client == second.client  # one connection, two jobs
+        finally:
+            workers.stop()

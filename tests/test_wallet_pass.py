@@ -255,3 +255,40 @@ def test_expired_or_mismatched_certificate_disables_apple_wallet(tmp_path):
         assert not status.apple_ready
         assert any("pass.other.id" in p for p in status.problems)
         db.engine.dispose()
+
+
+def _strings(data: bytes) -> dict[str, str]:
+    """Parse a pass.strings file (UTF-16 with BOM, `"key" = "text";` lines)."""
+    import re
+
+    assert data[:2] in (b"\xff\xfe", b"\xfe\xff"), "pass.strings must be UTF-16 with a BOM"
+    pattern = re.compile(r'^"((?:[^"\\]|\\.)*)" = "((?:[^"\\]|\\.)*)";$')
+    pairs = [pattern.match(line).groups() for line in data.decode("utf-16").splitlines()]
+    return {key.replace('\\"', '"'): text.replace('\\"', '"') for key, text in pairs}
+
+
+def test_every_shipped_language_has_pass_strings_for_the_labels(app, monkeypatch):
+    """pass.json is in the customer's language; <xx>.lproj/pass.strings turns each of
+    its labels into the phone's language, for en, ru, kk, he and fa."""
+    from flask_babel import get_locale
+
+    def tagged(text, **values):  # a stand-in catalogue: "[he] Stamps"
+        return f"[{get_locale()}] " + (text % values if values else text)
+
+    monkeypatch.setattr(passkit, "_", tagged)
+    with app.app_context():
+        merchant = gen_merchant(name="Bean There")
+        card = card_of(gen_customer(merchant, first_name="Ada", locale="ru"))
+        files = _pkpass(app, card)
+    data = json.loads(files["pass.json"])
+    labels = {f["label"] for group in data["storeCard"].values() for f in group}
+    assert "[ru] Stamps" in labels and data["description"] == "[ru] Bean There stamp card"
+    manifest = json.loads(files["manifest.json"])
+    for locale in ("en", "ru", "kk", "he", "fa"):
+        name = f"{locale}.lproj/pass.strings"
+        assert name in manifest
+        strings = _strings(files[name])
+        assert labels <= set(strings), f"{locale}: labels without a translation"
+        assert strings["[ru] Stamps"] == f"[{locale}] Stamps"
+        assert strings["[ru] Stamps: %@"] == f"[{locale}] Stamps: %@"
+        assert strings["[ru] Bean There stamp card"] == f"[{locale}] Bean There stamp card"

@@ -16,7 +16,7 @@ from werkzeug.http import http_date
 from stampweb import events
 from stampweb.extensions import db, redis_client
 from stampweb.models import Card, WalletPass, WalletRegistration
-from stampweb.tasks.queues import QUEUES, get_queue
+from stampweb.tasks.queues import QUEUES, WALLET, get_queue
 from stampweb.tenancy import tenant, unscoped
 from stampweb.wallet import apns
 
@@ -222,7 +222,7 @@ def test_a_burst_of_changes_gives_one_push_per_device(app, apns_server):
     for _ in range(3):
         stamp(app, card)
     with app.app_context():
-        assert len(get_queue("default", redis_client())) == 1
+        assert len(get_queue(WALLET, redis_client())) == 1
     run_jobs(app)
     assert sorted(p.path for p in apns_server.pushes()) == sorted(
         f"/3/device/{phone.push_token}" for phone in phones)
@@ -277,9 +277,9 @@ def test_apns_still_failing_is_rescheduled_not_dropped(app, apns_server):
     stamp(app, card)
     run_jobs(app)
     with app.app_context():
-        registry = ScheduledJobRegistry(queue=get_queue("default", redis_client()))
+        registry = ScheduledJobRegistry(queue=get_queue(WALLET, redis_client()))
         [job_id] = registry.get_job_ids()
-        job = get_queue("default", redis_client()).fetch_job(job_id)
+        job = get_queue(WALLET, redis_client()).fetch_job(job_id)
     assert job.func_name.endswith("retry_apns_push")
     assert job.args[2] == [phone.push_token]
 

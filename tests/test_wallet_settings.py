@@ -218,3 +218,30 @@ def test_wallet_status_command_reports_ready_and_missing(tmp_path, creds):
     assert "expires" in result.output and "Google Wallet issuer ID: missing" in result.output
     with application.app_context():
         db.engine.dispose()
+
+
+def test_private_keys_are_sealed_at_rest_and_survive_a_secret_key_rotation(app, creds):
+    """The database holds Fernet tokens, not PEM; after SECRET_KEY is rotated (old key in
+    SECRET_KEY_FALLBACKS) they still open; with the old key gone they read as missing."""
+    from sqlalchemy import text
+
+    merchant_id, _slug = _merchant(app)
+    with app.app_context():
+        save_wallet_settings(merchant_id, values={"apns_key_id": "KEY1234567"},
+                             uploads={"apns_key": Upload("AuthKey.p8", key_pem(creds.apns_key))})
+        db.session.commit()
+        stored = db.session.execute(text("SELECT apns_key_pem FROM wallet_settings")).scalar()
+        assert stored.startswith("gAAAAA") and "PRIVATE KEY" not in stored
+        with unscoped():
+            assert "PRIVATE KEY" in db.session.query(WalletSettings).one().apns_key_pem
+
+    old_key = app.config["SECRET_KEY"]
+    app.config.update(SECRET_KEY="a brand new secret key", SECRET_KEY_FALLBACKS=[old_key])
+    with app.app_context(), unscoped():
+        assert "PRIVATE KEY" in db.session.query(WalletSettings).one().apns_key_pem
+
+    app.config.update(SECRET_KEY_FALLBACKS=[])
+    with app.app_context():
+        with unscoped():
+            assert db.session.query(WalletSettings).one().apns_key_pem is None
+        assert app.test_client().get("/healthz").status_code in (200, 503)

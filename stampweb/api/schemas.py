@@ -334,6 +334,15 @@ class AudienceIn(Body):
     model_config = ConfigDict(extra="forbid", strict=False)
 
 
+class CampaignVariant(Body):
+    """The message in one other language; see CampaignCreate.variants."""
+
+    subject: str = _text(200, default="")
+    preheader: str = _text(200, default="")
+    body_markdown: str = Field(default="", max_length=20000, pattern=r"^[^\x00]*$")
+    wallet_text: str = _text(WALLET_TEXT_LIMIT, default="")
+
+
 class CampaignCreate(Body):
     name: str = _text(120, 1)
     channels: Literal["email", "wallet", "both"] = "email"
@@ -344,6 +353,13 @@ class CampaignCreate(Body):
     audience: AudienceIn
     voucher_title: Text(200, 1) | SkipJsonSchema[None] = optional()
     voucher_valid_days: Int(1, 365) | SkipJsonSchema[None] = optional()
+    variants: dict[Literal[LOCALES], CampaignVariant] = Field(  # type: ignore[valid-type]
+        default_factory=dict,
+        description="The message in other languages, by language code. Customers who "
+        "chose one get its version (an email version needs subject and body_markdown, a "
+        "wallet version wallet_text); the others get the text above, in the merchant's "
+        "default language.",
+    )
 
 
 class CampaignSchedule(Body):

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from .. import links
 from ..campaigns import outbox, rendering
 from ..campaigns import tags as tag_service
+from ..campaigns import variants as content_variants
 from ..campaigns.segments import SegmentError, validate_rules
 from ..extensions import db
 from ..loyalty.membership import MembershipError, consent_of, normalize_email, normalize_phone
@@ -25,6 +26,7 @@ from ..models import (
     Card,
     Customer,
     Location,
+    Merchant,
     Segment,
     Tag,
     Voucher,
@@ -82,15 +84,19 @@ def customer_out(customer: Customer, tags: list[Tag] | None = None) -> schemas.C
     )
 
 
-def get_customer(merchant_id: int, customer_id: int) -> Customer:
+def _get_or_404(model, merchant_id: int, row_id: int, missing: str):
+    """The merchant's row with this id, fresh from the database, or a 404 problem."""
     with tenant(merchant_id):
-        customer = db.session.scalar(
-            select(Customer).where(Customer.id == customer_id)
-            .execution_options(populate_existing=True)
+        row = db.session.scalar(
+            select(model).where(model.id == row_id).execution_options(populate_existing=True)
         )
-    if customer is None:
-        raise ApiProblem(404, _("No customer with this id."))
-    return customer
+    if row is None:
+        raise ApiProblem(404, missing)
+    return row
+
+
+def get_customer(merchant_id: int, customer_id: int) -> Customer:
+    return _get_or_404(Customer, merchant_id, customer_id, _("No customer with this id."))
 
 
 def list_customers(merchant_id: int, query: schemas.CustomerQuery) -> schemas.CustomerPage:
@@ -143,14 +149,7 @@ def voucher_out(voucher: Voucher) -> schemas.VoucherOut:
 
 
 def get_voucher(merchant_id: int, voucher_id: int) -> Voucher:
-    with tenant(merchant_id):
-        voucher = db.session.scalar(
-            select(Voucher).where(Voucher.id == voucher_id)
-            .execution_options(populate_existing=True)
-        )
-    if voucher is None:
-        raise ApiProblem(404, _("No voucher with this id."))
-    return voucher
+    return _get_or_404(Voucher, merchant_id, voucher_id, _("No voucher with this id."))
 
 
 def list_vouchers(merchant_id: int, query: schemas.VoucherQuery) -> schemas.VoucherPage:
@@ -191,14 +190,7 @@ def campaign_out(campaign: Campaign) -> schemas.CampaignOut:
 
 
 def get_campaign(merchant_id: int, campaign_id: int) -> Campaign:
-    with tenant(merchant_id):
-        campaign = db.session.scalar(
-            select(Campaign).where(Campaign.id == campaign_id)
-            .execution_options(populate_existing=True)
-        )
-    if campaign is None:
-        raise ApiProblem(404, _("No campaign with this id."))
-    return campaign
+    return _get_or_404(Campaign, merchant_id, campaign_id, _("No campaign with this id."))
 
 
 def list_campaigns(merchant_id: int, query: schemas.PageQuery) -> schemas.CampaignPage:
@@ -266,10 +258,18 @@ def create_campaign(merchant_id: int, fields: schemas.CampaignCreate) -> Campaig
             errors.append(field_error(name, _("Unknown placeholder: %(names)s",
                                               names=", ".join(unknown))))
     audience = _audience(merchant_id, fields.audience, errors)
+    merchant = db.session.get(Merchant, merchant_id)
+    variants, variant_errors = content_variants.clean(
+        {locale: variant.model_dump() for locale, variant in fields.variants.items()},
+        fields.channels, merchant.locale)
+    for key, message in variant_errors.items():
+        locale, name = content_variants.parse_key(key)
+        errors.append(field_error(f"variants.{locale}.{name}", message))
     if errors:
         raise validation_problem(errors)
     with tenant(merchant_id):
         campaign = Campaign(
+            variants=variants,
             merchant_id=merchant_id, name=fields.name.strip(), kind="oneoff",
             audience=audience, channels=fields.channels, subject=fields.subject,
             preheader=fields.preheader, body_markdown=fields.body_markdown,

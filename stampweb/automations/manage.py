@@ -15,6 +15,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import func, select
 
 from ..campaigns import outbox, rendering
+from ..campaigns import variants as variant_rules
 from ..database import begin_write
 from ..extensions import db
 from ..models import (
@@ -200,6 +201,11 @@ def save_flow(
         hour = None
     content = {name: (content.get(name) or "").strip() for name in CONTENT_FIELDS}
     errors.update(content_problems(channels, content))
+    if variants is not None:
+        with tenant(merchant_id):
+            merchant = db.session.get(Merchant, merchant_id)
+        variants, variant_errors = variant_rules.clean(variants, channels, merchant.locale)
+        errors.update(variant_errors)
     if errors:
         raise AutomationError(errors)
     with tenant(merchant_id):

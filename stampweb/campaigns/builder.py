@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 from .. import links
 from ..database import begin_write
 from ..extensions import db
+from ..i18n import LANGUAGES
 from ..messaging import transport
 from ..models import Card, Customer, Merchant, Program, utcnow
 from ..models.campaigns import (
@@ -46,7 +47,7 @@ from ..models.campaigns import (
 )
 from ..models.segments import Segment, Tag
 from ..tenancy import tenant
-from . import outbox, rendering, segments, sending
+from . import outbox, rendering, segments, sending, variants
 
 NAME_MAX = 120
 SUBJECT_MAX = 200
@@ -89,6 +90,8 @@ class CampaignValues:
     voucher: bool = False
     voucher_title: str = ""
     voucher_valid_days: str = ""
+    # {"ru": {"subject": …, "preheader": …, "body_markdown": …, "wallet_text": …}}
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_campaign(cls, campaign: Campaign) -> CampaignValues:
@@ -104,6 +107,7 @@ class CampaignValues:
             voucher_title=campaign.voucher_title or "",
             voucher_valid_days=(str(campaign.voucher_valid_days)
                                 if campaign.voucher_valid_days else ""),
+            variants={locale: dict(texts) for locale, texts in (campaign.variants or {}).items()},
         )
 
 
@@ -326,12 +330,18 @@ def validate(merchant_id: int, values: CampaignValues) -> dict:
                 "Enter a number of days from %(min)d to %(max)d.",
                 min=VOUCHER_DAYS_MIN, max=VOUCHER_DAYS_MAX)
 
+    merchant = db.session.get(Merchant, merchant_id)
+    clean_variants, variant_errors = variants.clean(values.variants, channels or "",
+                                                    merchant.locale if merchant else None)
+    errors.update(variant_errors)
+
     if errors:
         raise BuilderError(errors)
     return {
         "name": name, "audience": audience, "channels": channels, "subject": subject,
         "preheader": preheader, "body_markdown": body, "wallet_text": wallet_text,
         "voucher_title": voucher_title, "voucher_valid_days": voucher_days,
+        "variants": clean_variants,
     }
 
 
@@ -461,7 +471,10 @@ class Preview:
 
 def _first_recipient(merchant_id: int, campaign: Campaign) -> Customer | None:
     try:
-        rules = audience_rules(merchant_id, campaign.audience)
+        # An automation's audience is whoever its flow picks on the day: preview
+        # it as the shop's first customer.
+        rules = (segments.empty_rules() if (campaign.audience or {}).get("type") == "automation"
+                 else audience_rules(merchant_id, campaign.audience))
     except BuilderError:
         return None
     first = segments.compile_segment(merchant_id, rules).order_by(Customer.id).limit(1)
@@ -478,29 +491,34 @@ def _sample_customer(merchant: Merchant) -> Customer:
 
 def render_message(campaign: Campaign, merchant: Merchant, program: Program | None,
                    customer: Customer, card: Card | None,
-                   voucher_code: str | None) -> Preview:
+                   voucher_code: str | None, locale: str | None = None) -> Preview:
     """What `customer` gets from `campaign`, by the sender's own rules and templates.
 
     Mirrors the rendering half of sending._build_email / _send_wallet (content
     compiled once per language, placeholders filled per recipient, escaped in
     HTML), without touching the outbox or issuing a voucher.
     """
-    locale = customer.locale or merchant.locale or "en"
-    content = rendering.compile_content(campaign, locale)
+    # `locale` shows the campaign as a customer who reads that language gets it.
+    locale = locale or customer.locale or merchant.locale or "en"
+    content = rendering.compile_content(campaign, locale, merchant.locale)
     card_url = links.card_url(card) if card is not None else links.absolute("/")
     values = rendering.recipient_values(customer, card, program, voucher_code=voucher_code,
                                         card_url=card_url)
-    unsubscribe = links.unsubscribe_url(customer)
+    # Reminder flows (reward ready, voucher expiry, tag-based) go out in the
+    # reminder template with its own opt-out, as sending._Emails sends them.
+    reminder = campaign.kind in sending.REMINDER_KINDS
+    template = "email/reminder_campaign" if reminder else "email/campaign"
+    unsubscribe = links.unsubscribe_url(customer, "reminders" if reminder else "all")
     prefs = links.prefs_url(customer)
     with force_locale(content.locale):
         html = render_template(
-            "email/campaign.html", merchant=merchant, content=content,
+            f"{template}.html", merchant=merchant, content=content, kind=campaign.kind,
             body=rendering.personalise(content.html_body, values, html=True),
             preheader=rendering.personalise(content.preheader, values),
             prefs_url=prefs, unsubscribe_url=unsubscribe, customer=customer,
         )
         text = render_template(
-            "email/campaign.txt", merchant=merchant, customer=customer,
+            f"{template}.txt", merchant=merchant, customer=customer, kind=campaign.kind,
             body=rendering.personalise(content.text_body, values),
             prefs_url=prefs, unsubscribe_url=unsubscribe,
         )
@@ -523,9 +541,11 @@ def render_message(campaign: Campaign, merchant: Merchant, program: Program | No
     )
 
 
-def preview(merchant_id: int, campaign_id: int, customer_id: int | None = None) -> Preview:
+def preview(merchant_id: int, campaign_id: int, customer_id: int | None = None,
+            locale: str | None = None) -> Preview:
     """The campaign as one recipient gets it: `customer_id`, else the audience's first
-    member, else a nameless sample. Raises LookupError for ids not the merchant's."""
+    member, else a nameless sample; in `locale` instead of the customer's language when
+    given. Raises LookupError for ids not the merchant's."""
     with tenant(merchant_id):
         campaign = db.session.scalar(select(Campaign).where(
             Campaign.id == campaign_id, Campaign.merchant_id == merchant_id))
@@ -545,17 +565,18 @@ def preview(merchant_id: int, campaign_id: int, customer_id: int | None = None) 
         else:
             card = db.session.scalar(select(Card).where(Card.customer_id == customer.id))
         voucher_code = PREVIEW_VOUCHER_CODE if campaign.voucher_title else None
-        return render_message(campaign, merchant, program, customer, card, voucher_code)
+        return render_message(campaign, merchant, program, customer, card, voucher_code,
+                              locale if locale in LANGUAGES else None)
 
 
 def send_test(merchant_id: int, campaign_id: int, to_address: str,
-              customer_id: int | None = None) -> str:
+              customer_id: int | None = None, locale: str | None = None) -> str:
     """Email the preview to `to_address` now, subject marked “[Test]”; return the address.
 
     Straight over the transport: no outbox row, no voucher, no effect on the
     campaign's results. Raises transport.TransportError if the mail server refuses.
     """
-    shown = preview(merchant_id, campaign_id, customer_id)
+    shown = preview(merchant_id, campaign_id, customer_id, locale)
     with tenant(merchant_id):
         merchant = db.session.get(Merchant, merchant_id)
         message = transport.build_message(

@@ -59,21 +59,29 @@ def markdown_to_safe_html(text: str) -> Markup:
     return Markup(cleaned)
 
 
-def compile_content(campaign, locale: str) -> CompiledContent:
-    """The campaign in `locale` (its variant, else the default text), compiled once."""
-    variant = (campaign.variants or {}).get(locale) or {}
+def compile_content(campaign, locale: str, default_locale: str | None = None) -> CompiledContent:
+    """The campaign for a customer who reads `locale`, compiled once per language.
 
-    def pick(name: str) -> str:
-        return variant.get(name) or getattr(campaign, name) or ""
-
-    body = pick("body_markdown")
+    Each channel takes the customer's language when the campaign has a variant
+    with that channel's text (an email needs its subject and body, a wallet
+    message its text), else the campaign's own text in the merchant's default
+    language. An email is never half one language and half another: `locale`
+    of the result is the language its text (and so its frame) is in.
+    """
+    default_locale = default_locale or locale
+    variant = {} if locale == default_locale else (campaign.variants or {}).get(locale) or {}
+    email_variant = variant if variant.get("subject") and variant.get("body_markdown") else None
+    email = email_variant or {name: getattr(campaign, name) for name in
+                              ("subject", "preheader", "body_markdown")}
+    wallet_text = variant.get("wallet_text") or campaign.wallet_text
+    body = email.get("body_markdown") or ""
     return CompiledContent(
-        locale=locale,
-        subject=pick("subject"),
-        preheader=pick("preheader"),
+        locale=locale if email_variant else default_locale,
+        subject=email.get("subject") or "",
+        preheader=email.get("preheader") or "",
         html_body=markdown_to_safe_html(body),
         text_body=body,
-        wallet_text=pick("wallet_text"),
+        wallet_text=wallet_text or "",
     )
 
 
@@ -105,3 +113,70 @@ def recipient_values(customer, card, program, *, voucher_code: str | None, card_
         "voucher_code": voucher_code or "",
         "card_url": card_url,
     }
+
+
+# --- email templates rendered once per batch ------------------------------------------
+
+# Marks a per-recipient value in a rendered template; never in real text.
+_SLOT = "\x00"
+
+
+class TemplateShells:
+    """An email template rendered once, its per-recipient values filled in per message.
+
+    Rendering the campaign templates (Jinja, under the customer's locale) for
+    every recipient cost as much as the SMTP transaction itself. The parts
+    that differ per recipient are few and passed in by name (`slots`: the
+    personalised body, the links), so the template is rendered with markers
+    in their place and split there; each message then only joins strings.
+
+    What else the template reads of the customer (the locale of <html lang>,
+    the profile gaps a reminder lists) is recorded while rendering, and the
+    rendering is reused only for customers with the same values of exactly
+    those attributes, so any template stays correct: one reading the first
+    name would simply be rendered per recipient.
+    """
+
+    def __init__(self, render, slots: tuple[str, ...]):
+        # render(customer, **slot_values) -> str
+        self._render = render
+        self._slots = slots
+        # (attribute names read) -> {their values: the split rendering}
+        self._shells: dict[tuple[str, ...], dict[tuple, list[str]]] = {}
+
+    def fill(self, customer, values: dict[str, str]) -> str:
+        """The template for `customer` with `values` in the slots (already escaped for HTML)."""
+        parts = self._shell(customer)
+        out = [parts[0]]
+        for index in range(1, len(parts), 2):
+            out.append(values[parts[index]])
+            out.append(parts[index + 1])
+        return "".join(out)
+
+    def _shell(self, customer) -> list[str]:
+        for names, shells in self._shells.items():
+            parts = shells.get(tuple(getattr(customer, name) for name in names))
+            if parts is not None:
+                return parts
+        reading = _ReadRecorder(customer)
+        text = self._render(reading, **{
+            name: Markup(f"{_SLOT}{name}{_SLOT}") for name in self._slots})
+        names = tuple(sorted(reading.read))
+        parts = text.split(_SLOT)
+        if len(parts) % 2 == 0 or not set(parts[1::2]) <= set(self._slots):
+            raise ValueError("a NUL character in an email template or its values")
+        self._shells.setdefault(names, {})[tuple(reading.read[n] for n in names)] = parts
+        return parts
+
+
+class _ReadRecorder:
+    """Stands for a customer in a template and notes each attribute it reads."""
+
+    def __init__(self, target):
+        self._target = target
+        self.read: dict[str, object] = {}
+
+    def __getattr__(self, name: str):
+        value = getattr(self._target, name)
+        self.read[name] = value
+        return value

@@ -47,7 +47,7 @@ from ..models.campaigns import (
 )
 from ..tenancy import tenant
 
-# The MessageEvent status a quiet-hours hold writes (outbox.defer).
+# The MessageEvent status a quiet-hours hold writes (outbox.Recorder.defer).
 EVENT_DEFERRED = "deferred"
 
 # Skip reasons in the order the results show them.

@@ -13,11 +13,14 @@ expires and never sends it again.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime, timedelta
 
 from flask import current_app, render_template
 from flask_babel import force_locale
+from flask_babel import gettext as _
+from markupsafe import escape
 from sqlalchemy import select
 
 from .. import links
@@ -47,7 +50,10 @@ from . import audiences, outbox, rendering
 # opt-in instead of marketing consent.
 REMINDER_KINDS = frozenset({"reward_ready", "voucher_expiry", "tag_notify"})
 
-SEND_BATCH_SIZE = 300
+# Rows per send job: each job forks a work-horse and opens its connections
+# (~0.1-0.2 s of CPU), so bigger batches amortise that; a batch still ends
+# within seconds, well inside the lease.
+SEND_BATCH_SIZE = 500
 STATUS_CHECK_SECONDS = 1.0
 FANOUT_BATCH_SIZE = 1000
 # Auto-pause when a batch goes this badly (listmonk's error-threshold idea).
@@ -160,13 +166,17 @@ def fanout(campaign_id: int, batch_size: int = FANOUT_BATCH_SIZE) -> int:
             db.session.commit()
             finish_if_done(campaign_id)
             return added
-        added += outbox.materialise(campaign.merchant_id, campaign.id, ids,
-                                    campaign.channel_list)
+        # The new rows are marked queued in their INSERT and enqueued right
+        # after the commit. Killed in between, they wait for the reconciler,
+        # which re-enqueues rows queued longer ago than the stale window.
+        now = utcnow()
+        new_ids = outbox.materialise_ids(campaign.merchant_id, campaign.id, ids,
+                                         campaign.channel_list, queued_at=now)
+        added += len(new_ids)
         campaign.fanout_cursor = ids[-1]
+        merchant_id = campaign.merchant_id
         db.session.commit()
-        # Only rows no job holds yet: the page just added (a zero window here
-        # re-enqueued every pending row on every page, quadratically).
-        enqueue_due(campaign_id, stale_after=_stale_window())
+        _enqueue_batches(merchant_id, campaign_id, new_ids)
 
 
 def _stale_window() -> timedelta:
@@ -176,9 +186,6 @@ def _stale_window() -> timedelta:
 
 def enqueue_due(campaign_id: int, stale_after: timedelta, now: datetime | None = None) -> int:
     """Enqueue send jobs for due rows that no live job holds; return the row count."""
-    from ..tasks.campaigns import send_batch_job
-    from ..tasks.queues import BULK, enqueue
-
     now = now or utcnow()
     merchant_id = db.session.scalar(select(Campaign.merchant_id).where(Campaign.id == campaign_id))
     total = 0
@@ -188,8 +195,19 @@ def enqueue_due(campaign_id: int, stale_after: timedelta, now: datetime | None =
             return total
         outbox.mark_queued(ids, now)
         db.session.commit()
-        enqueue(BULK, send_batch_job, merchant_id, campaign_id, ids, job_timeout=900)
+        _enqueue_batches(merchant_id, campaign_id, ids)
         total += len(ids)
+
+
+def _enqueue_batches(merchant_id: int, campaign_id: int, ids: list[int]) -> None:
+    """Send jobs of SEND_BATCH_SIZE rows for `ids` (committed as queued already)."""
+    from ..tasks.campaigns import send_batch_job
+    from ..tasks.queues import BULK, enqueue
+
+    for start in range(0, len(ids), SEND_BATCH_SIZE):
+        enqueue(BULK, send_batch_job, merchant_id, campaign_id,
+                ids[start:start + SEND_BATCH_SIZE],
+                job_timeout=current_app.config["SEND_JOB_TIMEOUT"])
 
 
 def finish_if_done(campaign_id: int) -> bool:
@@ -215,109 +233,264 @@ def finish_if_done(campaign_id: int) -> bool:
     return open_rows is None
 
 
-class _Recipient:
-    """What a message needs about its customer, loaded once per row."""
-
-    def __init__(self, customer: Customer | None):
-        self.customer = customer
-        self.card = (
-            db.session.scalar(select(Card).where(Card.customer_id == customer.id))
-            if customer is not None else None
-        )
-
-
 def send_batch(campaign_id: int, message_ids: list[int]) -> dict[str, int]:
     """Send the due rows among `message_ids`; return what happened to them."""
     outcome = {"sent": 0, "skipped": 0, "failed": 0, "retry": 0, "unknown": 0, "deferred": 0}
-    # Each message commits its result before the next one goes out. Expiring
-    # every loaded object at each of those commits made the batch reload the
-    # same rows thousands of times (half the worker's CPU, bench/campaign.py).
-    # What must be fresh is read fresh: the customer per message, and the
-    # campaign's status by a direct query.
-    db.session().expire_on_commit = False
-    claimed = outbox.claim(message_ids)
-    if not claimed:
-        return outcome
-    campaign = _load_campaign(campaign_id)
-    merchant = db.session.get(Merchant, campaign.merchant_id)
-    program = db.session.scalar(select(Program).where(Program.merchant_id == merchant.id))
-    email_rows = [m for m in claimed if m.channel == "email"]
-    wallet_rows = [m for m in claimed if m.channel == "wallet"]
-    compiled: dict[str, rendering.CompiledContent] = {}
-    if email_rows:
-        _send_emails(campaign, merchant, program, email_rows, compiled, outcome)
-    for message in wallet_rows:
-        _send_wallet(campaign, merchant, program, message, compiled, outcome)
+    session = db.session()
+    expire_on_commit = session.expire_on_commit
+    # Nothing the batch loaded (campaign, merchant, customers) needs reloading
+    # after the commits it makes; what must be fresh is read fresh: consent in
+    # the statement that marks a message in flight, the campaign's status by
+    # a direct query.
+    session.expire_on_commit = False
+    try:
+        claimed = outbox.claim(message_ids)
+        if not claimed:
+            return outcome
+        campaign = _load_campaign(campaign_id)
+        merchant = db.session.get(Merchant, campaign.merchant_id)
+        program = db.session.scalar(select(Program).where(Program.merchant_id == merchant.id))
+        audience = _Audience([m.customer_id for m in claimed], merchant)
+        email_rows = [m for m in claimed if m.channel == "email"]
+        wallet_rows = [m for m in claimed if m.channel == "wallet"]
+        with outbox.Recorder() as recorder:
+            if email_rows:
+                emails = _Emails(campaign, merchant, program)
+                _send_emails(emails, audience, recorder, email_rows, outcome)
+            compiled: dict[str, rendering.CompiledContent] = {}
+            for message in wallet_rows:
+                _send_wallet(campaign, merchant, program, message, audience, recorder,
+                             compiled, outcome)
+    finally:
+        session.expire_on_commit = expire_on_commit
     _auto_pause_on_error_burst(campaign_id, outcome)
     finish_if_done(campaign_id)
     return outcome
 
 
+class _Audience:
+    """The batch's customers and cards, loaded in two queries, and their recent sends.
+
+    Consent is loaded here for rendering and re-checked at the moment of
+    sending (outbox.Recorder.in_flight); the frequency-cap counts are taken
+    once for the batch and kept current as it sends.
+    """
+
+    def __init__(self, customer_ids: list, merchant: Merchant):
+        ids = sorted({cid for cid in customer_ids if cid is not None})
+        self.customers: dict[int, Customer] = {
+            c.id: c for c in db.session.scalars(
+                select(Customer).where(Customer.id.in_(ids))
+                .execution_options(populate_existing=True))
+        } if ids else {}
+        self.cards: dict[int, Card] = {}
+        if ids:
+            for card in db.session.scalars(
+                select(Card).where(Card.customer_id.in_(ids)).order_by(Card.id)
+            ):
+                self.cards.setdefault(card.customer_id, card)
+        self.recent = (eligibility.recent_counts(ids, utcnow())
+                       if merchant.frequency_cap else {})
+        db.session.commit()  # no transaction stays open while the batch sends
+
+    def refresh(self, customer_id: int | None) -> Customer | None:
+        """The customer as the database has it now: consent may have changed a second ago."""
+        if customer_id is None:
+            return None
+        customer = db.session.get(Customer, customer_id, populate_existing=True)
+        db.session.commit()
+        if customer is None:
+            self.customers.pop(customer_id, None)
+        else:
+            self.customers[customer_id] = customer
+        return customer
+
+    def skip_reason(self, customer, channel, merchant, now, consent_channel) -> str | None:
+        return eligibility.skip_reason(
+            customer, channel, merchant, now, consent_channel=consent_channel,
+            recent_count=self.recent.get(customer.id, 0) if customer is not None else None,
+        )
+
+    def count_sent(self, customer_id: int | None) -> None:
+        if customer_id is not None:
+            self.recent[customer_id] = self.recent.get(customer_id, 0) + 1
+
+
 def _content_for(campaign, merchant, customer, compiled) -> rendering.CompiledContent:
     locale = customer.locale if customer is not None and customer.locale else merchant.locale
     if locale not in compiled:
-        compiled[locale] = rendering.compile_content(campaign, locale)
+        compiled[locale] = rendering.compile_content(campaign, locale, merchant.locale)
     return compiled[locale]
 
 
-def _fresh_customer(customer_id: int | None) -> Customer | None:
-    """The customer as the database has it now: consent may have changed a second ago."""
-    if customer_id is None:
-        return None
-    return db.session.get(Customer, customer_id, populate_existing=True)
-
-
 def _still_sending(campaign_id: int) -> bool:
-    return db.session.scalar(select(Campaign.status).where(Campaign.id == campaign_id)) == (
-        CAMPAIGN_SENDING
-    )
+    status = db.session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+    db.session.commit()
+    return status == CAMPAIGN_SENDING
 
 
-def _send_emails(campaign, merchant, program, rows, compiled, outcome) -> None:
+class _Emails:
+    """What every email of one campaign batch shares, prepared once.
+
+    Content compiled once per language, the templates rendered once per
+    language (rendering.TemplateShells), the sender and list headers folded
+    once (transport.BulkComposer), the consent rule as SQL. Per message there
+    remains: placeholders, two signed links, string joins and the MIME bodies.
+    """
+
+    HTML_SLOTS = ("body", "preheader", "prefs_url", "unsubscribe_url")
+    TEXT_SLOTS = ("body", "prefs_url", "unsubscribe_url")
+
+    def __init__(self, campaign: Campaign, merchant: Merchant, program: Program | None):
+        self.campaign = campaign
+        self.merchant = merchant
+        self.program = program
+        # Reminders about the customer's own card stop with their own opt-out,
+        # and explain what is missing from the profile.
+        self.reminder = campaign.kind in REMINDER_KINDS
+        self.consent_channel = "reminders" if self.reminder else None
+        self.unsubscribe_channel = "reminders" if self.reminder else "all"
+        self.template = "email/reminder_campaign" if self.reminder else "email/campaign"
+        self.may_receive = eligibility.may_receive("email", merchant,
+                                                   consent_channel=self.consent_channel)
+        self.compiled: dict[str, rendering.CompiledContent] = {}
+        self.shells: dict[str, tuple[rendering.TemplateShells, rendering.TemplateShells]] = {}
+        self.host = links.absolute("/").split("://", 1)[-1].strip("/").split("/")[0].split(":")[0]
+        self.composer = transport.BulkComposer(merchant, {
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "List-Id": f"{rendering.single_line(merchant.name)} <{merchant.slug}.{self.host}>",
+            "Precedence": "bulk",
+        })
+
+    def _shells_for(self, content: rendering.CompiledContent):
+        if content.locale not in self.shells:
+            context = {"merchant": self.merchant, "content": content, "kind": self.campaign.kind}
+            html_slots = self.HTML_SLOTS if content.preheader else tuple(
+                s for s in self.HTML_SLOTS if s != "preheader")
+
+            def render(extension, customer, **slots):
+                with force_locale(content.locale):
+                    if extension == "html" and "preheader" not in slots:
+                        slots["preheader"] = ""
+                    return render_template(f"{self.template}.{extension}", customer=customer,
+                                           **context, **slots)
+
+            self.shells[content.locale] = (
+                rendering.TemplateShells(functools.partial(render, "html"), html_slots),
+                rendering.TemplateShells(functools.partial(render, "txt"), self.TEXT_SLOTS),
+            )
+        return self.shells[content.locale]
+
+    def build(self, message: Message, customer: Customer, card: Card | None):
+        """The email for this row (a RawMessage, or an EmailMessage for a non-ASCII address)."""
+        content = _content_for(self.campaign, self.merchant, customer, self.compiled)
+        voucher_code = _issue_voucher(self.campaign, message, customer, card)
+        card_url = links.card_url(card) if card else links.absolute("/")
+        values = rendering.recipient_values(customer, card, self.program,
+                                            voucher_code=voucher_code, card_url=card_url)
+        unsubscribe = links.unsubscribe_url(customer, self.unsubscribe_channel)
+        prefs = links.prefs_url(customer)
+        html_shell, text_shell = self._shells_for(content)
+        html = html_shell.fill(customer, {
+            "body": rendering.personalise(content.html_body, values, html=True),
+            "preheader": str(escape(rendering.personalise(content.preheader, values))),
+            "prefs_url": str(escape(prefs)), "unsubscribe_url": str(escape(unsubscribe)),
+        })
+        text = text_shell.fill(customer, {
+            "body": rendering.personalise(content.text_body, values),
+            "prefs_url": prefs, "unsubscribe_url": unsubscribe,
+        })
+        return self.composer.compose(
+            to=customer.email,
+            subject=rendering.single_line(rendering.personalise(content.subject, values)),
+            text=text, html=html,
+            message_id=transport.new_message_id(f"m{message.id}.c{self.campaign.id}"),
+            headers={"List-Unsubscribe": f"<{unsubscribe}>, <mailto:unsubscribe@{self.host}"
+                                         f"?subject=unsubscribe-{message.id}>"},
+        )
+
+
+def _message_id_of(email) -> str:
+    return email.message_id if isinstance(email, transport.RawMessage) else email["Message-ID"]
+
+
+def _send_emails(emails: _Emails, audience: _Audience, recorder: outbox.Recorder,
+                 rows: list[Message], outcome: dict[str, int]) -> None:
+    campaign, merchant = emails.campaign, emails.merchant
     now = utcnow()
-    remaining = list(rows)
+    remaining = list(reversed(rows))  # popped from the end: the lowest id first
     checked_at = 0.0
+
+    def skipped(message: Message, customer: Customer | None) -> bool:
+        reason = audience.skip_reason(customer, "email", merchant, now, emails.consent_channel)
+        if reason:
+            recorder.skipped(message, reason)
+            outcome["skipped"] += 1
+        return reason is not None
+
     with transport.open_connection() as connection:
         while remaining:
-            message = remaining.pop(0)
+            message = remaining.pop()
             # Pause and cancel take effect within a second, without a query per message.
             if time.monotonic() - checked_at >= STATUS_CHECK_SECONDS:
                 checked_at = time.monotonic()
                 if not _still_sending(campaign.id):
-                    outbox.release([message, *remaining], "campaign paused or cancelled")
+                    recorder.release([message, *reversed(remaining)],
+                                     "campaign paused or cancelled")
                     return
-            recipient = _Recipient(_fresh_customer(message.customer_id))
-            reason = eligibility.skip_reason(
-                recipient.customer, "email", merchant, now, exclude_message_id=message.id,
-                consent_channel="reminders" if campaign.kind in REMINDER_KINDS else None,
-            )
-            if reason:
-                outbox.mark_skipped(message, reason)
-                outcome["skipped"] += 1
+            customer = audience.customers.get(message.customer_id)
+            if skipped(message, customer):
                 continue
-            email = _build_email(campaign, merchant, program, message, recipient, compiled)
-            # No transaction stays open across the network round trip.
-            db.session.commit()
+            to_address = customer.email
+            email = emails.build(message, customer, audience.cards.get(customer.id))
+            # Committed before the message goes on the wire, and only if the
+            # customer may still get it right now (one statement, no transaction
+            # open across the network round trip).
+            if not recorder.in_flight(message, _message_id_of(email), to_address,
+                                      may_receive=emails.may_receive):
+                fresh = audience.refresh(message.customer_id)
+                if skipped(message, fresh):
+                    continue
+                if fresh.email != to_address:
+                    remaining.append(message)  # a new address: build it again
+                    continue
+                if not recorder.in_flight(message, _message_id_of(email), to_address):
+                    # The lease ran out: the reconciler has given this row and the
+                    # rest of the batch to another job. Sending now could deliver twice.
+                    current_app.logger.warning(
+                        "campaign %s: batch outlived its lease; %d rows left to other jobs",
+                        campaign.id, len(remaining) + 1)
+                    return
             try:
                 connection.send(email)
             except transport.PermanentFailure as exc:
-                outbox.mark_failed(message, f"{exc.code or ''} {exc}".strip())
-                _suppress_email(recipient.customer.id)
+                recorder.failed(message, f"{exc.code or ''} {exc}".strip())
+                _suppress_email(customer.id)
                 outcome["failed"] += 1
             except transport.TemporaryFailure as exc:
                 if exc.maybe_sent:
-                    outbox.mark_unknown(message, str(exc))
+                    recorder.unknown(message, str(exc))
                     outcome["unknown"] += 1
                 else:
-                    outbox.retry_later(message, f"{exc.code or ''} {exc}".strip())
+                    recorder.retry_later(message, f"{exc.code or ''} {exc}".strip())
                     outcome["retry"] += 1
                 if exc.code is None:
                     # The connection itself broke: give the rest back for a later job.
-                    outbox.release(remaining, "connection lost; released for a later batch")
+                    recorder.release(list(reversed(remaining)),
+                                     "connection lost; released for a later batch")
                     return
             else:
-                outbox.mark_sent(message)
+                recorder.sent(message)
+                audience.count_sent(customer.id)
                 outcome["sent"] += 1
+                continue
+            # Checked after each failure, not only at the end of the batch: a
+            # server that refuses everything (relaying denied, a blocked IP)
+            # would otherwise bounce and suppress the whole batch first.
+            if _auto_pause_on_error_burst(campaign.id, outcome):
+                recorder.release(list(reversed(remaining)),
+                                 "campaign paused after an error burst")
+                return
 
 
 def _suppress_email(customer_id: int) -> None:
@@ -329,9 +502,9 @@ def _suppress_email(customer_id: int) -> None:
     db.session.commit()
 
 
-def _issue_voucher(campaign, message, recipient) -> str | None:
+def _issue_voucher(campaign, message, customer, card) -> str | None:
     """The campaign's voucher for this row, issued once (a retry reuses it)."""
-    if not campaign.voucher_title or recipient.customer is None:
+    if not campaign.voucher_title or customer is None:
         return None
     from ..loyalty import vouchers
     from ..models import Voucher
@@ -339,96 +512,54 @@ def _issue_voucher(campaign, message, recipient) -> str | None:
     if message.voucher_id is None:
         begin_write()
         voucher = vouchers.issue(
-            campaign.merchant_id, recipient.customer.id, kind="campaign",
+            campaign.merchant_id, customer.id, kind="campaign",
             title=campaign.voucher_title, valid_days=campaign.voucher_valid_days,
-            card_id=recipient.card.id if recipient.card else None,
+            card_id=card.id if card else None,
             origin={"campaign_id": campaign.id, "message_id": message.id},
         )
         message.voucher_id = voucher.id
         db.session.commit()
         return voucher.code
-    return db.session.scalar(select(Voucher.code).where(Voucher.id == message.voucher_id))
-
-
-def _build_email(campaign, merchant, program, message, recipient, compiled):
-    customer = recipient.customer
-    content = _content_for(campaign, merchant, customer, compiled)
-    voucher_code = _issue_voucher(campaign, message, recipient)
-    card_url = links.card_url(recipient.card) if recipient.card else links.absolute("/")
-    values = rendering.recipient_values(customer, recipient.card, program,
-                                        voucher_code=voucher_code, card_url=card_url)
-    # Reminders about the customer's own card stop with their own opt-out,
-    # and explain what is missing from the profile.
-    reminder = campaign.kind in REMINDER_KINDS
-    unsubscribe = links.unsubscribe_url(customer, "reminders" if reminder else "all")
-    template = "email/reminder_campaign" if reminder else "email/campaign"
-    with force_locale(content.locale):
-        html = render_template(
-            f"{template}.html", merchant=merchant, content=content, kind=campaign.kind,
-            body=rendering.personalise(content.html_body, values, html=True),
-            preheader=rendering.personalise(content.preheader, values),
-            prefs_url=links.prefs_url(customer), unsubscribe_url=unsubscribe,
-            customer=customer,
-        )
-        text = render_template(
-            f"{template}.txt", merchant=merchant, customer=customer, kind=campaign.kind,
-            body=rendering.personalise(content.text_body, values),
-            prefs_url=links.prefs_url(customer), unsubscribe_url=unsubscribe,
-        )
-    host = links.absolute("/").split("://", 1)[-1].strip("/").split("/")[0].split(":")[0]
-    to_address = customer.email
+    code = db.session.scalar(select(Voucher.code).where(Voucher.id == message.voucher_id))
     db.session.commit()
-    begin_write()
-    message.email_message_id = transport.new_message_id(f"m{message.id}.c{campaign.id}")
-    message.to_address = to_address
-    message.in_flight_since = utcnow()
-    db.session.commit()
-    headers = {
-        "List-Unsubscribe": f"<{unsubscribe}>, <mailto:unsubscribe@{host}?subject="
-                            f"unsubscribe-{message.id}>",
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-        "List-Id": f"{rendering.single_line(merchant.name)} <{merchant.slug}.{host}>",
-        "Precedence": "bulk",
-    }
-    return transport.build_message(
-        merchant=merchant, to=to_address,
-        subject=rendering.single_line(rendering.personalise(content.subject, values)),
-        text=text, html=html, headers=headers, message_id=message.email_message_id,
-    )
+    return code
 
 
-def _send_wallet(campaign, merchant, program, message, compiled, outcome) -> None:
+def _send_wallet(campaign, merchant, program, message, audience, recorder, compiled,
+                 outcome) -> None:
     now = utcnow()
-    customer = _fresh_customer(message.customer_id)
-    reason = eligibility.skip_reason(
-        customer, "wallet", merchant, now, exclude_message_id=message.id,
-        consent_channel="reminders" if campaign.kind in REMINDER_KINDS else None,
+    customer = audience.refresh(message.customer_id)
+    reason = audience.skip_reason(
+        customer, "wallet", merchant, now,
+        "reminders" if campaign.kind in REMINDER_KINDS else None,
     )
     if reason:
-        outbox.mark_skipped(message, reason)
+        recorder.skipped(message, reason)
         outcome["skipped"] += 1
         return
     later = eligibility.quiet_until(merchant, now)
     if later is not None:
-        outbox.defer(message, later, "quiet hours: waits until morning")
+        recorder.defer(message, later, "quiet hours: waits until morning")
         outcome["deferred"] += 1
         return
-    recipient = _Recipient(customer)
+    card = audience.cards.get(customer.id)
     content = _content_for(campaign, merchant, customer, compiled)
-    card_url = links.card_url(recipient.card) if recipient.card else ""
-    values = rendering.recipient_values(customer, recipient.card, program,
-                                        voucher_code=_issue_voucher(campaign, message, recipient),
+    card_url = links.card_url(card) if card else ""
+    values = rendering.recipient_values(customer, card, program,
+                                        voucher_code=_issue_voucher(campaign, message,
+                                                                    customer, card),
                                         card_url=card_url)
     text = rendering.single_line(rendering.personalise(content.wallet_text, values))
-    result = _wallet_sender()(merchant.id, recipient.card.id if recipient.card else None, text)
+    result = _wallet_sender()(merchant.id, card.id if card else None, text)
     if result.get("status") == "sent":
-        outbox.mark_sent(message, detail=result.get("detail"))
+        recorder.sent(message, detail=result.get("detail"))
+        audience.count_sent(customer.id)
         outcome["sent"] += 1
     elif result.get("status") == "skipped":
-        outbox.mark_skipped(message, result.get("reason") or SKIP_WALLET_NOT_CONFIGURED)
+        recorder.skipped(message, result.get("reason") or SKIP_WALLET_NOT_CONFIGURED)
         outcome["skipped"] += 1
     else:
-        outbox.retry_later(message, result.get("detail") or "wallet update failed")
+        recorder.retry_later(message, result.get("detail") or "wallet update failed")
         outcome["retry"] += 1
 
 
@@ -451,17 +582,20 @@ def _wallet_sender():
     return send
 
 
-def _auto_pause_on_error_burst(campaign_id: int, outcome: dict[str, int]) -> None:
+def _auto_pause_on_error_burst(campaign_id: int, outcome: dict[str, int]) -> bool:
+    """Pause the campaign if this batch is going badly; True when it is paused now."""
     errors = outcome["failed"] + outcome["retry"] + outcome["unknown"]
     tried = errors + outcome["sent"]
-    if errors >= ERROR_BURST_MIN and errors >= ERROR_BURST_RATIO * tried:
-        reason = (f"Paused automatically: {errors} of {tried} messages in one batch failed. "
-                  "Check the mail server, then resume.")
-        try:
-            pause(campaign_id, reason)
-        except CampaignStateError:
-            pass
-        current_app.logger.warning("campaign %s auto-paused: %s", campaign_id, reason)
+    if errors < ERROR_BURST_MIN or errors < ERROR_BURST_RATIO * tried:
+        return False
+    reason = _("Paused automatically: %(errors)d of %(tried)d messages in one batch failed. "
+               "Check the mail server, then resume.", errors=errors, tried=tried)
+    try:
+        pause(campaign_id, reason)
+    except CampaignStateError:
+        return True  # paused (or cancelled) already, by this batch or another
+    current_app.logger.warning("campaign %s auto-paused: %s", campaign_id, reason)
+    return True
 
 
 def reconcile(now: datetime | None = None, stale_after: timedelta | None = None) -> dict:

@@ -161,14 +161,18 @@ def parse(text: str, max_rows: int = MAX_ROWS) -> ParsedCsv:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     headers: list[str] | None = None
     rows: list[tuple[int, list[str]]] = []
+    last_line = 0
     try:
         for cells in reader:
+            # A row reported by the line it starts on: a quoted cell can run on
+            # over several lines (and an unclosed quote to the end of the file).
+            first_line, last_line = last_line + 1, reader.line_num
             if not any(cell.strip() for cell in cells):
                 continue
             if headers is None:
                 headers = [cell.strip() for cell in cells]
                 continue
-            rows.append((reader.line_num, cells))
+            rows.append((first_line, cells))
             if len(rows) > max_rows:
                 raise CsvFileError(
                     _("The file has more than %(n)s rows. Split it into smaller files.",
@@ -185,13 +189,15 @@ def parse(text: str, max_rows: int = MAX_ROWS) -> ParsedCsv:
     return ParsedCsv(headers=headers, rows=rows, encoding="", delimiter=delimiter)
 
 
+def too_large_message(max_bytes: int = MAX_UPLOAD_BYTES) -> str:
+    return _("The file is larger than %(mb)s MB. Split it into smaller files.",
+             mb=max_bytes // (1024 * 1024))
+
+
 def read_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> ParsedCsv:
     """Check an uploaded file's size, encoding and shape; CsvFileError says what is wrong."""
     if len(data) > max_bytes:
-        raise CsvFileError(
-            _("The file is larger than %(mb)s MB. Split it into smaller files.",
-              mb=max_bytes // (1024 * 1024))
-        )
+        raise CsvFileError(too_large_message(max_bytes))
     if not data.strip():
         raise CsvFileError(_("The file is empty."))
     text, encoding = decode(data)
@@ -307,6 +313,10 @@ def _parse_row(
     if len(cells) > header_count and any(c.strip() for c in cells[header_count:]):
         return {}, _("This row has %(n)s columns but the header has %(m)s; check for a stray "
                      "comma or semicolon.", n=len(cells), m=header_count), notes
+    if any("\n" in cell or "\r" in cell for cell in cells):
+        # No customer field holds a line break: a quote was opened and never closed.
+        return {}, _("A quote (\") in this row is not closed, so the lines after it were read "
+                     "as part of this row. Close the quote and upload the file again."), notes
     values: dict = {}
     for name_field in ("first_name", "last_name"):
         text = _cell(cells, mapping, name_field)

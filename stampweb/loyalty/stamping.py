@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -27,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from .. import events
-from ..database import begin_write
+from ..database import begin_write, one_writer
 from ..extensions import db
 from ..models import (
     VISIT_REVERSAL,
@@ -89,26 +87,6 @@ class UndoResult:
     voided_voucher_ids: tuple[int, ...] = field(default_factory=tuple)
 
 
-_sqlite_writers = threading.Lock()
-
-
-@contextmanager
-def _one_writer_per_process():
-    """On SQLite, let one thread of this process at a time into a stamp transaction.
-
-    SQLite has one write lock for the whole file, and a thread that finds it
-    taken sleeps in SQLite's busy handler in growing steps (up to 100 ms), so
-    under a burst of taps the unlucky ones wait far longer than the work
-    takes. Queueing on a Python lock instead hands the turn over as soon as
-    the holder commits. PostgreSQL locks only the card row and needs none of this.
-    """
-    if db.engine.dialect.name != "sqlite":
-        yield
-        return
-    with _sqlite_writers:
-        yield
-
-
 def staff_card_url(card: Card) -> str:
     """The URL a card's QR code encodes: scanning it opens the card on the staff page."""
     return f"{current_app.config['BASE_URL']}/staff/card/{card.code}"
@@ -164,7 +142,7 @@ def record_stamps(
         raise StampRefused("bad_request_key", _("This form is out of date; reload the page."))
     now = now or utcnow()
 
-    with tenant(merchant_id), _one_writer_per_process():
+    with tenant(merchant_id), one_writer():
         begin_write()
         try:
             result = _stamp_locked(
@@ -429,7 +407,7 @@ def undo_stamp(
     `card_id`, when given, must be the visit's card (the page the tap came from).
     """
     now = now or utcnow()
-    with tenant(merchant_id), _one_writer_per_process():
+    with tenant(merchant_id), one_writer():
         begin_write()
         try:
             result = _undo_locked(

@@ -18,6 +18,7 @@ so serialising the message again reproduces the signed bytes.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -151,4 +152,21 @@ def sign(msg: EmailMessage, key: DkimKey | None = None) -> EmailMessage:
     return msg
 
 
-__all__ = ["DkimKey", "DkimKeyError", "SIGNED_HEADERS", "configured_key", "load_key", "sign"]
+def sign_raw(msg, key: DkimKey):
+    """A transport.RawMessage with a DKIM-Signature on top, signed over its exact bytes."""
+    present = [name for name in SIGNED_HEADERS if name in msg.header_names]
+    signature = dkimpy.sign(
+        msg.data,
+        key.selector.encode(),
+        key.domain.encode(),
+        key.private_pem,
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=[name.encode() for name in present],
+        linesep=b"\r\n",
+    )
+    return dataclasses.replace(msg, data=signature + msg.data,
+                               header_names=msg.header_names | {HEADER_NAME.lower()})
+
+
+__all__ = ["DkimKey", "DkimKeyError", "SIGNED_HEADERS", "configured_key", "load_key", "sign",
+           "sign_raw"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, select
 
 from ..extensions import db
 from ..models import CONSENT_GRANTED, Customer, Merchant
@@ -34,11 +34,14 @@ def skip_reason(
     *,
     consent_channel: str | None = None,
     exclude_message_id: int | None = None,
+    recent_count: int | None = None,
 ) -> str | None:
     """None when the message may go; otherwise why not (a SKIP_* reason).
 
     `consent_channel` lets reminder flows require the separate "reminders"
-    opt-in instead of marketing consent for the channel.
+    opt-in instead of marketing consent for the channel. `recent_count` is the
+    customer's marketing messages in the cap window when the caller counted
+    them already (recent_counts(), once per batch); otherwise it is queried.
     """
     if customer is None:
         return SKIP_NO_ADDRESS  # deleted since the audience was built
@@ -54,11 +57,44 @@ def skip_reason(
         customer.email_confirmed_at is None and merchant.double_opt_in
     ):
         return SKIP_NO_CONSENT
-    if merchant.frequency_cap and _recent_count(customer.id, now, exclude_message_id) >= (
-        merchant.frequency_cap
-    ):
-        return SKIP_CAPPED
+    if merchant.frequency_cap:
+        if recent_count is None:
+            recent_count = _recent_count(customer.id, now, exclude_message_id)
+        if recent_count >= merchant.frequency_cap:
+            return SKIP_CAPPED
     return None
+
+
+def may_receive(channel: str, merchant: Merchant, *,
+                consent_channel: str | None = None) -> ColumnElement[bool]:
+    """skip_reason()'s address, suppression and consent rules as SQL over Customer.
+
+    The send pipeline puts it in the statement that marks a message in flight,
+    so the check happens at the very moment of sending without a query of its
+    own; when it fails, skip_reason() on the fresh row says why. The two must
+    agree (tests/test_campaign_sending.py covers each reason on both paths).
+    The frequency cap is not in it: it is counted once per batch (recent_counts).
+    """
+    conditions = [getattr(Customer, f"{consent_channel or channel}_consent") == CONSENT_GRANTED]
+    if channel == "email":
+        conditions += [Customer.email.is_not(None), Customer.email != "",
+                       Customer.email_suppressed_at.is_(None)]
+        if consent_channel in (None, "email") and merchant.double_opt_in:
+            conditions.append(Customer.email_confirmed_at.is_not(None))
+    return and_(*conditions)
+
+
+def recent_counts(customer_ids: list[int], now: datetime) -> dict[int, int]:
+    """Messages sent to each customer in the frequency-cap window, in one query."""
+    if not customer_ids:
+        return {}
+    rows = db.session.execute(
+        select(Message.customer_id, func.count(Message.id))
+        .where(Message.customer_id.in_(customer_ids), Message.status == MSG_SENT,
+               Message.sent_at >= now - FREQUENCY_WINDOW)
+        .group_by(Message.customer_id)
+    ).all()
+    return dict(rows)
 
 
 def _recent_count(customer_id: int, now: datetime, exclude_message_id: int | None) -> int:

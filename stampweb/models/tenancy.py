@@ -61,6 +61,8 @@ class User(TenantScoped, UserMixin, db.Model):
         String(32), default=lambda: secrets.token_hex(16)
     )
     active: Mapped[bool] = mapped_column(default=True)
+    # The admin's language; None follows the merchant's default.
+    locale: Mapped[str | None] = mapped_column(String(8))
     last_login_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -9,6 +9,7 @@ from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
+from ..sealed import SealedText
 from ..tenancy import TenantScoped
 from .base import utcnow
 
@@ -75,19 +76,20 @@ class WalletSettings(TenantScoped, db.Model):
     """A merchant's own wallet credentials; each value set here overrides the global one.
 
     Certificates and keys are stored as PEM text (an uploaded .p12 or an
-    encrypted key is decrypted on upload), so no password has to be kept.
+    encrypted key is decrypted on upload), so no password has to be kept; the
+    private keys and the service account are sealed at rest (stampweb/sealed.py).
     """
 
     id: Mapped[int] = mapped_column(primary_key=True)
     apple_pass_type_id: Mapped[str | None] = mapped_column(String(128))
     apple_team_id: Mapped[str | None] = mapped_column(String(20))
     apple_pass_cert_pem: Mapped[str | None] = mapped_column(Text)
-    apple_pass_key_pem: Mapped[str | None] = mapped_column(Text)
+    apple_pass_key_pem: Mapped[str | None] = mapped_column(SealedText)
     apple_wwdr_cert_pem: Mapped[str | None] = mapped_column(Text)
     apns_key_id: Mapped[str | None] = mapped_column(String(20))
-    apns_key_pem: Mapped[str | None] = mapped_column(Text)
+    apns_key_pem: Mapped[str | None] = mapped_column(SealedText)
     google_issuer_id: Mapped[str | None] = mapped_column(String(40))
-    google_service_account_json: Mapped[str | None] = mapped_column(Text)
+    google_service_account_json: Mapped[str | None] = mapped_column(SealedText)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (UniqueConstraint("merchant_id"),)

@@ -2,7 +2,11 @@
 
 Queues by latency class, most urgent first (workers listen in this order):
 - transactional: double opt-in and voucher emails a customer is waiting for;
-- default: wallet updates, webhooks, periodic jobs;
+- wallet: pass updates and their APNs pushes (the phone at the counter is
+  waiting for the new stamp). `run-all` gives them a worker of their own that
+  does not fork, so its HTTP/2 connection to APNs lives as long as the worker;
+  every other worker still listens here too, so nothing waits if it is down;
+- default: webhooks, periodic jobs;
 - bulk: campaign batches.
 """
 
@@ -17,9 +21,10 @@ from flask import Flask, current_app, has_app_context
 from rq import Queue, Retry, Worker
 
 TRANSACTIONAL = "transactional"
+WALLET = "wallet"
 DEFAULT = "default"
 BULK = "bulk"
-QUEUES = (TRANSACTIONAL, DEFAULT, BULK)
+QUEUES = (TRANSACTIONAL, WALLET, DEFAULT, BULK)
 
 # A worker that has not beaten its heart for this long is taken for dead.
 WORKER_HEARTBEAT_TTL = 60

@@ -8,7 +8,7 @@ from flask import current_app, has_app_context
 from rq import Retry
 
 from ..wallet import updates
-from .queues import DEFAULT, get_queue, job
+from .queues import WALLET, get_queue, job
 
 JOB_OPTIONS = {"job_timeout": 300, "result_ttl": 600, "failure_ttl": 7 * 24 * 3600}
 
@@ -33,7 +33,7 @@ def sync_google_object(merchant_id: int, card_id: int) -> bool:
 def _enqueue(func, *args, delay: float = 0, retry: Retry | None = None):
     if has_app_context() and current_app.config.get("RQ_SYNC"):
         return func(*args)
-    queue = get_queue(DEFAULT)
+    queue = get_queue(WALLET)
     options = {**JOB_OPTIONS, "retry": retry or Retry(max=3, interval=[10, 60, 300])}
     if delay > 0:
         return queue.enqueue_in(timedelta(seconds=delay), func, *args, **options)

@@ -172,6 +172,9 @@ class PassContent:
     back: list[PassField] = field(default_factory=list)
     # (latitude, longitude, relevantText)
     locations: list[tuple[float, float, str]] = field(default_factory=list)
+    # {"ru": {"Stamps": "Штампы", …}}: <locale>.lproj/pass.strings. Wallet shows
+    # the labels in the phone's language when the pass has it, else pass.json's.
+    localizations: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def pass_json(content: PassContent) -> dict:
@@ -243,11 +246,30 @@ def sign_manifest(manifest_bytes: bytes, cert: x509.Certificate, key,
     )
 
 
+def _strings_literal(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r") + '"'
+
+
+def pass_strings(translations: dict[str, str]) -> bytes:
+    """A pass.strings file: `"key" = "text";` lines, UTF-16 with a byte order mark
+    (the encoding Apple documents for a pass's localized strings)."""
+    lines = [f"{_strings_literal(key)} = {_strings_literal(text)};"
+             for key, text in sorted(translations.items())]
+    return ("\n".join(lines) + "\n").encode("utf-16")
+
+
+def localization_files(content: PassContent) -> dict[str, bytes]:
+    return {f"{locale}.lproj/pass.strings": pass_strings(strings)
+            for locale, strings in sorted(content.localizations.items()) if strings}
+
+
 def build_pkpass(content: PassContent, images: dict[str, bytes], cert: x509.Certificate,
                  key, wwdr: x509.Certificate) -> bytes:
     """The signed .pkpass bytes for one pass."""
     files = {"pass.json": json.dumps(pass_json(content), ensure_ascii=False).encode()}
     files.update(images)
+    files.update(localization_files(content))
     manifest_bytes = manifest(files)
     files["manifest.json"] = manifest_bytes
     files["signature"] = sign_manifest(manifest_bytes, cert, key, wwdr)

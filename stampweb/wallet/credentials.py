@@ -113,6 +113,14 @@ def certificate_uid(cert: x509.Certificate) -> str | None:
 
 def parse_service_account(text: str) -> dict:
     """The fields we use from a Google service account JSON key file."""
+    return dict(_parse_service_account(text))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_service_account(text: str) -> dict:
+    # Cached: checking an RSA key costs tens of milliseconds of CPU, and
+    # wallet_status() reads the account for every stamp of a merchant with
+    # Google Wallet set up. A file that fails is not cached (nor kept).
     try:
         info = json.loads(text)
     except ValueError as exc:

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
+from ..i18n import LANGUAGES
 from ..models import (
     REWARD_STATE_BIRTHDAY,
     VOUCHER_ACTIVE,
@@ -175,30 +176,56 @@ def web_service_url() -> str:
     return f"{current_app.config['BASE_URL']}/wallet/"
 
 
+def _pass_labels(merchant: Merchant) -> dict[str, str]:
+    """The pass's fixed texts in the current language, by role."""
+    return {
+        "stamps": _("Stamps"), "stamps_changed": _("Stamps: %@"), "reward": _("Reward"),
+        "news": _("Latest news"), "next_reward": _("Next reward"), "vouchers": _("Vouchers"),
+        "member": _("Member"), "code": _("Card code"), "rules": _("How it works"),
+        "card_page": _("Your card online"),
+        "description": _("%(merchant)s stamp card", merchant=merchant.name),
+    }
+
+
+def pass_localizations(merchant: Merchant, labels: dict[str, str]) -> dict[str, dict[str, str]]:
+    """<locale>.lproj/pass.strings for every shipped language: pass.json's label
+    (in the customer's language) → the same label in that language. A phone set
+    to a language we do not ship shows pass.json's own text."""
+    localizations = {}
+    for locale in LANGUAGES:
+        with force_locale(locale):
+            theirs = _pass_labels(merchant)
+        localizations[locale] = {labels[role]: text for role, text in theirs.items()}
+    return localizations
+
+
 def pass_content(card: Card, merchant: Merchant, config: AppleConfig, row: WalletPass,
                  now: datetime | None = None) -> apple_pass.PassContent:
-    """What the card's pass shows, in the customer's language."""
+    """What the card's pass shows, in the customer's language (labels also in the
+    phone's language, through pass.strings)."""
     now = now or utcnow()
     program = card.program
     customer = card.customer
     with force_locale(customer.locale or merchant.locale or "en"):
+        labels = _pass_labels(merchant)
         vouchers = usable_vouchers(card, now)
         state = reward_state_text(card, vouchers, now)
         remaining = max(program.stamps_required - card.stamps, 0)
         stamps = apple_pass.PassField(
-            "stamps", _("Stamps"), f"{card.stamps}/{program.stamps_required}",
-            change_message=_("Stamps: %@"),
+            "stamps", labels["stamps"], f"{card.stamps}/{program.stamps_required}",
+            change_message=labels["stamps_changed"],
         )
         if state:
-            status = apple_pass.PassField("reward_state", _("Reward"), state, change_message="%@")
+            status = apple_pass.PassField("reward_state", labels["reward"], state,
+                                          change_message="%@")
         else:
             status = apple_pass.PassField(
-                "reward_state", _("Reward"),
+                "reward_state", labels["reward"],
                 _("%(count)d more stamps to %(reward)s", count=remaining,
                   reward=program.reward_text),
             )
         message = apple_pass.PassField(
-            "message", _("Latest news"), row.message or "—",
+            "message", labels["news"], row.message or "—",
             change_message="%@" if row.message else None,
         )
         locations = db.session.scalars(
@@ -215,7 +242,7 @@ def pass_content(card: Card, merchant: Merchant, config: AppleConfig, row: Walle
             auth_token=card.wallet_auth_token,
             web_service_url=web_service_url(),
             organization=merchant.name,
-            description=_("%(merchant)s stamp card", merchant=merchant.name),
+            description=labels["description"],
             logo_text=merchant.name,
             brand_color=merchant.brand_color,
             barcode_message=staff_scan_url(card),
@@ -223,25 +250,26 @@ def pass_content(card: Card, merchant: Merchant, config: AppleConfig, row: Walle
             header=[stamps],
             primary=[status],
             secondary=[
-                apple_pass.PassField("next_reward", _("Next reward"), program.reward_text),
-                apple_pass.PassField("vouchers", _("Vouchers"), len(vouchers)),
+                apple_pass.PassField("next_reward", labels["next_reward"], program.reward_text),
+                apple_pass.PassField("vouchers", labels["vouchers"], len(vouchers)),
             ],
-            auxiliary=[apple_pass.PassField("member", _("Member"), customer.display_name)],
+            auxiliary=[apple_pass.PassField("member", labels["member"], customer.display_name)],
             back=[
                 message,
-                apple_pass.PassField("code", _("Card code"), card.code),
+                apple_pass.PassField("code", labels["code"], card.code),
                 apple_pass.PassField(
-                    "rules", _("How it works"),
+                    "rules", labels["rules"],
                     _("Collect %(count)d stamps for %(reward)s.",
                       count=program.stamps_required, reward=program.reward_text),
                 ),
-                apple_pass.PassField("card_page", _("Your card online"), card_page_url(card)),
+                apple_pass.PassField("card_page", labels["card_page"], card_page_url(card)),
             ],
             locations=[
                 (loc.latitude, loc.longitude,
                  _("%(place)s is nearby: show your card for a stamp.", place=loc.name))
                 for loc in locations
             ],
+            localizations=pass_localizations(merchant, labels),
         )
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import Flask, abort, jsonify, render_template, request
+from flask import Flask, abort, current_app, jsonify, render_template, request
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError
 
@@ -44,6 +45,12 @@ def _error_page(status: int, message: str | None = None):
     return render_template(f"errors/{status}.html", message=message), status
 
 
+def too_large_page():
+    """413: a body over MAX_CONTENT_LENGTH, or text fields over MAX_FORM_MEMORY_SIZE."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH") or 0
+    return _error_page(413, _("Files can be up to %(mb)s MB.", mb=limit // (1024 * 1024)))
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def _csrf_error(error):
@@ -60,6 +67,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(404)
     def _not_found(_error):
         return _error_page(404)
+
+    @app.errorhandler(413)
+    def _too_large(_error):
+        return too_large_page()
 
     @app.errorhandler(429)
     def _too_many(error):

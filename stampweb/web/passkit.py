@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, request
+from flask_babel import gettext as _
 from werkzeug.http import http_date
 
 from ..extensions import csrf, db, limiter
@@ -149,7 +150,7 @@ def google_save(token: str):
         abort(404)
     except GoogleWalletError as exc:
         current_app.logger.warning("Google Wallet save link failed: %s", exc)
-        return jsonify(error="Google Wallet is not reachable right now; try again soon."), 503
+        return jsonify(error=_("Google Wallet is not reachable right now; try again soon.")), 503
     return redirect(url, code=303)
 
 

@@ -77,7 +77,7 @@ class Flow:
 
     kind: str = ""
     label = _l("Automation")
-    summary = _l("")
+    summary = ""  # not _l(""): gettext("") is the catalogue header
     settings: tuple[Setting, ...] = ()
     # Reminders about the customer's own card honour the "reminders" opt-in
     # (sending.REMINDER_KINDS) instead of marketing consent.

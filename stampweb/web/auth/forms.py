@@ -1,10 +1,11 @@
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField, SelectField, StringField
+from wtforms import EmailField, PasswordField, RadioField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from ...accounts import MIN_PASSWORD_LENGTH
+from ...i18n import LANGUAGES
 from ...validation import EmailAddress
 
 ROLE_CHOICES = [
@@ -46,4 +47,15 @@ class PasswordForm(FlaskForm):
     confirm = PasswordField(
         _l("Repeat the new password"),
         validators=[DataRequired(), EqualTo("new_password", message=_l("The passwords differ."))],
+    )
+
+
+class LanguageForm(FlaskForm):
+    # Each language is named in itself, so whoever reads it can find their own.
+    # "" follows the merchant's default language.
+    locale = RadioField(
+        _l("Language"),
+        choices=[SelectChoice("", _l("The business’s default"))]
+        + [SelectChoice(code, name) for code, name in LANGUAGES.items()],
+        default="",
     )

@@ -5,18 +5,19 @@ from __future__ import annotations
 import secrets
 
 from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_babel import force_locale
 from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
-from ...accounts import AccountError, authenticate, change_password, create_user
+from ...accounts import AccountError, authenticate, change_password, create_user, set_language
 from ...extensions import db, limiter, login_manager
 from ...models import ROLE_STAFF, User
 from ...security import check_password, is_safe_next
 from ...tenancy import get_or_404, unscoped
 from .. import owner_required
 from . import bp
-from .forms import LoginForm, PasswordForm, RoleForm, UserForm
+from .forms import LanguageForm, LoginForm, PasswordForm, RoleForm, UserForm
 
 login_manager.login_view = "auth.login"
 login_manager.login_message = None
@@ -91,6 +92,28 @@ def password():
                 flash(_("Your password is changed. Other sessions are logged out."), "success")
                 return redirect(home_for(user))
     return render_template("auth/password.html", form=form)
+
+
+@bp.route("/account/language", methods=["GET", "POST"])
+@login_required
+def language():
+    """The language this user sees the admin and staff pages in."""
+    form = LanguageForm()
+    if request.method == "GET":
+        form.locale.data = current_user.locale or ""
+    if form.validate_on_submit():
+        user = current_user._get_current_object()
+        try:
+            set_language(user, form.locale.data)
+        except AccountError as exc:
+            form.locale.errors.append(exc.message)
+        else:
+            # This request already chose its language; say it in the new one.
+            with force_locale(user.locale or user.merchant.locale):
+                flash(_("Language saved."), "success")
+            target = request.args.get("next")
+            return redirect(target if is_safe_next(target) else home_for(user))
+    return render_template("auth/language.html", form=form)
 
 
 @bp.route("/team", methods=["GET", "POST"])

@@ -10,17 +10,25 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from wtforms import RadioField, SelectField, StringField, TextAreaField
+from wtforms import RadioField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 
 from ...automations import engine, manage
 from ...automations.flows import FLOWS
-from ...campaigns import rendering
 from ...campaigns import tags as tag_service
 from ...extensions import db
 from ...models import Campaign
 from .. import manager_required
 from . import bp
+from .campaign_forms import (
+    ConfirmForm,
+    MessageForm,
+    open_variant_locales,
+    show_error,
+    variants_data,
+    variants_kwargs,
+)
+from .campaigns import preview_context, wallet_count_context
 
 # The flows as the page groups them: a step and its follow-up share a section.
 SECTIONS = (
@@ -51,18 +59,9 @@ def _flow_form_class(kind: str):
         SelectChoice(str(tag.id), tag.name) for tag, _count in tag_service.list_tags(_merchant_id())
     ]
 
-    class FlowForm(FlaskForm):
+    class FlowForm(MessageForm):
         local_hour = SelectField(_("Send at (your local time)"),
                                  choices=[SelectChoice(str(h), f"{h:02d}:00") for h in range(24)])
-        channels = RadioField(_("Send by"), choices=[
-            SelectChoice("email", _("Email")), SelectChoice("wallet", _("Wallet card")),
-            SelectChoice("both", _("Both"))])
-        subject = StringField(_("Email subject"))
-        preheader = StringField(_("Preheader (the preview line in the inbox)"))
-        body_markdown = TextAreaField(_("Email message (Markdown)"), render_kw={"rows": 8})
-        wallet_text = StringField(
-            _("Wallet text (at most %(n)d characters)", n=rendering.WALLET_TEXT_LIMIT),
-            render_kw={"maxlength": rendering.WALLET_TEXT_LIMIT})
 
     for setting in spec.settings:
         if setting.kind == "int":
@@ -94,7 +93,8 @@ def _form_for(kind: str, formdata=None):
     data = {f"setting_{name}": "" if value is None else str(value)
             for name, value in settings.items()}
     data.update(local_hour=str(flow.local_hour), channels=campaign.channels,
-                **{name: getattr(campaign, name) for name in manage.CONTENT_FIELDS})
+                **{name: getattr(campaign, name) for name in manage.CONTENT_FIELDS},
+                **variants_kwargs(campaign.variants))
     return flow, form_class(formdata=None, data=data)
 
 
@@ -153,7 +153,13 @@ def automation_edit(kind: str):
     if kind not in FLOWS:
         abort(404)
     status = 200
-    if request.method == "POST":
+    adding = None
+    if request.method == "POST" and request.form.get("add_variant"):
+        # "Write a version in …": show that language's fields, save nothing.
+        flow, form = _form_for(kind, formdata=request.form)
+        form.validate()
+        adding = request.form["add_variant"]
+    elif request.method == "POST":
         flow, form = _form_for(kind, formdata=request.form)
         form.validate()  # CSRFProtect has checked the token; the service checks the values
         try:
@@ -164,14 +170,13 @@ def automation_edit(kind: str):
                 local_hour=form.local_hour.data, channels=form.channels.data or "",
                 content={name: getattr(form, name).data or ""
                          for name in manage.CONTENT_FIELDS},
+                variants=variants_data(form),
             )
         except manage.AutomationError as exc:
             db.session.rollback()
             for name, message in exc.errors.items():
-                target = getattr(form, name, None) or getattr(form, f"setting_{name}", None)
-                if target is not None:
-                    target.errors = [*target.errors, str(message)]
-                else:
+                if not (show_error(form, name, message)
+                        or show_error(form, f"setting_{name}", message)):
                     flash(str(message), "error")
             status = 422
         else:
@@ -180,7 +185,16 @@ def automation_edit(kind: str):
     else:
         flow, form = _form_for(kind)
     total, rows = engine.preview(_merchant_id(), kind)
+    # The flow's message is its backing campaign: the same preview and test send
+    # as the campaign editor, of the saved version.
+    campaign = db.session.get(Campaign, flow.campaign_id)
+    shown = preview_context(campaign)
+    back_args = {k: v for k, v in shown["preview_args"].items() if k != "campaign_id"}
     return render_template(
         "merchant/automations_edit.html", form=form, settings_fields=_settings_fields(form, kind),
-        preview_rows=rows, placeholders=rendering.PLACEHOLDERS, **_card_context(flow, total),
+        preview_rows=rows, **_card_context(flow, total),
+        variant_locales=open_variant_locales(form, current_user.merchant.locale, adding),
+        adding_variant=adding, campaign=campaign, confirm_form=ConfirmForm(formdata=None),
+        test_next=url_for("merchant.automation_edit", kind=kind, **back_args) + "#preview",
+        **wallet_count_context(form.wallet_text.data), **shown,
     ), status

@@ -19,12 +19,14 @@ from ...campaigns import builder, results, sending
 from ...campaigns.rendering import WALLET_TEXT_LIMIT
 from ...campaigns.sending import CampaignStateError
 from ...extensions import db
+from ...i18n import LANGUAGES
 from ...messaging.transport import TransportError
 from ...models.campaigns import Campaign
+from ...security import is_safe_next
 from ...tenancy import get_or_404
 from .. import manager_required
 from . import bp
-from .campaign_forms import CampaignForm, ConfirmForm, ScheduleForm
+from .campaign_forms import CampaignForm, ConfirmForm, ScheduleForm, open_variant_locales
 
 # The email preview is merchant-authored HTML: it renders in a sandboxed frame
 # of our own pages only, with no scripts, forms or plugins, whatever it contains.
@@ -76,6 +78,22 @@ def _preview_customer_id() -> int | None:
     return value if value and value > 0 else None
 
 
+def _preview_locale() -> str | None:
+    """?lang=: show the campaign as a customer who reads that language gets it."""
+    value = request.args.get("lang")
+    return value if value in LANGUAGES else None
+
+
+def _preview_args(campaign_id: int) -> dict:
+    """The preview's URL arguments as they are now, for its frame and its test send."""
+    args = {"campaign_id": campaign_id}
+    if customer_id := _preview_customer_id():
+        args["customer_id"] = customer_id
+    if locale := _preview_locale():
+        args["lang"] = locale
+    return args
+
+
 # --- list ------------------------------------------------------------------------------------
 
 
@@ -97,6 +115,8 @@ def campaign_new():
         return _editor_page(None, form)
     form = CampaignForm()
     form.validate()  # CSRFProtect has checked the token; the service checks the rest
+    if request.form.get("add_variant"):  # "write a version in …": show it, save nothing
+        return _editor_page(None, form, adding=request.form["add_variant"])
     try:
         campaign = builder.save(_merchant_id(), form.values(), user_id=current_user.id)
     except builder.BuilderError as exc:
@@ -111,7 +131,7 @@ def campaign_new():
 @bp.route("/campaigns/<int:campaign_id>", methods=["GET", "POST"])
 @manager_required
 def campaign_edit(campaign_id: int):
-    campaign = get_or_404(Campaign, campaign_id)
+    campaign = _oneoff_or_404(campaign_id)
     if campaign.status not in builder.EDITABLE_STATES:
         if request.method == "POST":
             flash(_("A campaign that has started can't be changed."), "error")
@@ -122,6 +142,8 @@ def campaign_edit(campaign_id: int):
         return _editor_page(campaign, form)
     form = CampaignForm()
     form.validate()
+    if request.form.get("add_variant"):
+        return _editor_page(campaign, form, adding=request.form["add_variant"])
     try:
         builder.save(_merchant_id(), form.values(), campaign_id=campaign.id)
     except builder.BuilderError as exc:
@@ -136,22 +158,28 @@ def campaign_edit(campaign_id: int):
     return redirect(url_for("merchant.campaign_edit", campaign_id=campaign.id), code=303)
 
 
+def wallet_count_context(wallet_text: str | None) -> dict:
+    """The wallet text's character counter (merchant/_campaign_wallet_count.html)."""
+    return {"wallet_count": len((wallet_text or "").strip()), "wallet_limit": WALLET_TEXT_LIMIT}
+
+
 def _zone_name() -> str:
     return builder.merchant_zone(current_user.merchant).key
 
 
 def _editor_page(campaign: Campaign | None, form: CampaignForm, *, status: int = 200,
-                 schedule_form: ScheduleForm | None = None):
+                 schedule_form: ScheduleForm | None = None, adding: str | None = None):
     form.set_audience_choices(builder.audience_choices(_merchant_id()))
     values = form.values()
     context = {
         "campaign": campaign,
         "form": form,
+        "variant_locales": open_variant_locales(form, current_user.merchant.locale, adding),
+        "adding_variant": adding,
         "action_url": (url_for("merchant.campaign_edit", campaign_id=campaign.id) if campaign
                        else url_for("merchant.campaign_new")),
         "audience": builder.audience_summary(_merchant_id(), values.audience, values.channels),
-        "wallet_count": len((values.wallet_text or "").strip()),
-        "wallet_limit": WALLET_TEXT_LIMIT,
+        **wallet_count_context(values.wallet_text),
         "zone_name": _zone_name(),
         "confirm_form": ConfirmForm(formdata=None),
     }
@@ -162,21 +190,24 @@ def _editor_page(campaign: Campaign | None, form: CampaignForm, *, status: int =
         context.update(
             schedule_form=schedule_form,
             progress=builder.progress(_merchant_id(), campaign.id),
-            **_preview_context(campaign),
+            **preview_context(campaign),
         )
     return render_template("merchant/campaigns_edit.html", **context), status
 
 
-def _preview_context(campaign: Campaign) -> dict:
+def preview_context(campaign: Campaign) -> dict:
+    """The preview panel's context (merchant/_campaign_preview.html), for this
+    request's ?customer_id= and ?lang=; the automation editor shows it too."""
     customer_id = _preview_customer_id()
     try:
-        shown = builder.preview(_merchant_id(), campaign.id, customer_id)
+        shown = builder.preview(_merchant_id(), campaign.id, customer_id, _preview_locale())
     except LookupError:
         abort(404)
     stored = builder.audience_summary(_merchant_id(), builder.audience_key(campaign.audience),
                                       campaign.channels)
     return {"preview": shown, "preview_customer_id": customer_id,
-            "preview_choices": stored.sample}
+            "preview_choices": stored.sample, "preview_locale": _preview_locale(),
+            "preview_args": _preview_args(campaign.id)}
 
 
 def _summary_page(campaign: Campaign):
@@ -187,7 +218,7 @@ def _summary_page(campaign: Campaign):
         progress=builder.progress(_merchant_id(), campaign.id),
         confirm_form=ConfirmForm(formdata=None), zone_name=_zone_name(),
         results=results.campaign_results(_merchant_id(), campaign.id),
-        **_preview_context(campaign),
+        **preview_context(campaign),
     )
 
 
@@ -207,8 +238,7 @@ def campaign_wallet_count():
     """The wallet text's character counter, recounted as the merchant types."""
     form = CampaignForm()
     return render_template("merchant/_campaign_wallet_count.html",
-                           wallet_count=len((form.wallet_text.data or "").strip()),
-                           wallet_limit=WALLET_TEXT_LIMIT)
+                           **wallet_count_context(form.wallet_text.data))
 
 
 # --- preview and test send ---------------------------------------------------------------
@@ -223,7 +253,8 @@ def campaign_preview(campaign_id: int):
     if kind not in PREVIEW_FORMATS:
         abort(404)
     try:
-        shown = builder.preview(_merchant_id(), campaign.id, _preview_customer_id())
+        shown = builder.preview(_merchant_id(), campaign.id, _preview_customer_id(),
+                                _preview_locale())
     except LookupError:
         abort(404)
     if kind == "wallet":
@@ -251,13 +282,19 @@ def campaign_test(campaign_id: int):
         abort(400)
     try:
         address = builder.send_test(_merchant_id(), campaign.id, current_user.email,
-                                    _preview_customer_id())
+                                    _preview_customer_id(), _preview_locale())
     except TransportError as exc:
         db.session.rollback()
         flash(_("The test email could not be sent: %(error)s", error=str(exc)), "error")
     else:
         flash(_("Test email sent to %(address)s.", address=address), "success")
-    return redirect(url_for("merchant.campaign_edit", campaign_id=campaign.id), code=303)
+    # The automation editor sends its flow's test from here and wants its page back.
+    back = request.form.get("next")
+    if not is_safe_next(back):
+        back = (url_for("merchant.campaign_edit", campaign_id=campaign.id)
+                if campaign.kind == "oneoff"
+                else url_for("merchant.automation_edit", kind=campaign.kind))
+    return redirect(back, code=303)
 
 
 # --- controls --------------------------------------------------------------------------------
@@ -276,7 +313,7 @@ def _readiness_error(exc: builder.BuilderError) -> None:
 @manager_required
 def campaign_send(campaign_id: int):
     """GET asks “send to N customers now?”; POST starts sending."""
-    campaign = get_or_404(Campaign, campaign_id)
+    campaign = _oneoff_or_404(campaign_id)
     if request.method == "GET":
         audience = builder.audience_summary(
             _merchant_id(), builder.audience_key(campaign.audience), campaign.channels)
@@ -300,7 +337,7 @@ def campaign_send(campaign_id: int):
 @bp.post("/campaigns/<int:campaign_id>/schedule")
 @manager_required
 def campaign_schedule(campaign_id: int):
-    campaign = get_or_404(Campaign, campaign_id)
+    campaign = _oneoff_or_404(campaign_id)
     schedule_form = ScheduleForm()
     if not schedule_form.validate_on_submit():
         abort(400)
@@ -323,12 +360,19 @@ def campaign_schedule(campaign_id: int):
     return _back(campaign)
 
 
+def _oneoff_or_404(campaign_id: int) -> Campaign:
+    """A one-off campaign of this merchant. An automation's backing campaign is edited,
+    switched on and off on its automation page; sending, pausing or cancelling it from
+    here would start or stop the automation behind its switch's back."""
+    return get_or_404(Campaign, campaign_id, kind="oneoff")
+
+
 def _format_local(when) -> str:
     return format_datetime(when, "medium")  # Flask-Babel shows it in the merchant's zone
 
 
 def _transition(campaign_id: int, change, done_message):
-    campaign = get_or_404(Campaign, campaign_id)
+    campaign = _oneoff_or_404(campaign_id)
     if not ConfirmForm().validate_on_submit():
         abort(400)
     try:
@@ -359,7 +403,7 @@ def campaign_resume(campaign_id: int):
 def campaign_cancel(campaign_id: int):
     """GET asks for confirmation; POST cancels for good (unsent messages are skipped)."""
     if request.method == "GET":
-        campaign = get_or_404(Campaign, campaign_id)
+        campaign = _oneoff_or_404(campaign_id)
         return render_template("merchant/campaigns_confirm.html", campaign=campaign,
                                action="cancel", confirm_form=ConfirmForm(formdata=None))
     return _transition(campaign_id, sending.cancel,
@@ -372,7 +416,7 @@ def campaign_progress(campaign_id: int):
     """The progress panel. While sending (or scheduled) it asks again every 2 s; when the
     status differs from the one the page was drawn with, htmx reloads the page so the
     controls match."""
-    campaign = get_or_404(Campaign, campaign_id)
+    campaign = _oneoff_or_404(campaign_id)
     progress = builder.progress(_merchant_id(), campaign.id)
     response = make_response(render_template(
         "merchant/_campaign_progress.html", campaign=campaign, progress=progress,

@@ -23,7 +23,7 @@ from ...loyalty import csv_io
 from ...loyalty import customers as customer_service
 from ...models import CHANNELS, CONSENT_GRANTED, CONSENT_PENDING, Customer
 from ...tenancy import get_or_404
-from .. import manager_required
+from .. import manager_required, too_large_page
 from . import bp
 from .forms import NOT_IN_FILE, CustomerForm, ImportMappingForm, ImportUploadForm
 
@@ -164,6 +164,24 @@ def _load(token: str | None) -> tuple[str, dict]:
         abort(404)
 
 
+def _import_page(form: ImportUploadForm, status: int = 200):
+    return render_template("merchant/import.html", form=form, max_rows=csv_io.MAX_ROWS,
+                           max_mb=csv_io.MAX_UPLOAD_BYTES // (1024 * 1024)), status
+
+
+@bp.errorhandler(413)
+def _request_too_large(_error):
+    """An upload over MAX_CONTENT_LENGTH: the import page again with the reason beside
+    the file field (the body was not read, so nothing typed can be kept)."""
+    if request.endpoint != "merchant.customers_import" or not (
+        current_user.is_authenticated and current_user.has_role("manager")
+    ):
+        return too_large_page()
+    form = ImportUploadForm(formdata=None)
+    form.file.errors = [csv_io.too_large_message()]
+    return _import_page(form, 413)
+
+
 @bp.route("/customers/import", methods=["GET", "POST"])
 @manager_required
 def customers_import():
@@ -192,8 +210,7 @@ def customers_import():
                 },
             )
             return redirect(url_for("merchant.customers_import_map", token=token))
-    return render_template("merchant/import.html", form=form, max_rows=csv_io.MAX_ROWS,
-                           max_mb=csv_io.MAX_UPLOAD_BYTES // (1024 * 1024))
+    return _import_page(form)
 
 
 def _mapping_from_form(form: ImportMappingForm) -> dict[str, int | None]:

@@ -29,59 +29,42 @@ def _number(value):
     return float(value) if value is not None else None
 
 
-@bp.route("/program", methods=["GET", "POST"])
-@manager_required
-def program():
-    merchant_id = current_user.merchant_id
-    current = program_service.get_program(merchant_id)
-    form = ProgramForm(obj=current)
+def _settings_page(form, save, fields: tuple[str, ...], saved: str, endpoint: str,
+                   template: str):
+    """A settings form: valid input goes to `save(**fields)`; the service's per-field
+    refusals come back beside their fields; success redirects (post/redirect/get)."""
     if form.validate_on_submit():
         try:
-            program_service.update_program(
-                merchant_id,
-                stamps_required=form.stamps_required.data,
-                reward_text=form.reward_text.data,
-                birthday_gift_text=form.birthday_gift_text.data,
-                voucher_validity_days=form.voucher_validity_days.data,
-                stamp_cooldown_minutes=form.stamp_cooldown_minutes.data,
-                daily_stamp_cap=form.daily_stamp_cap.data,
-            )
+            save(current_user.merchant_id, **{name: getattr(form, name).data for name in fields})
         except program_service.SettingsError as exc:
             _show_errors(form, exc.errors)
         else:
-            flash(_("The program is saved."), "success")
-            return redirect(url_for("merchant.program"))
-    return render_template("merchant/program.html", form=form)
+            flash(saved, "success")
+            return redirect(url_for(endpoint))
+    return render_template(template, form=form)
+
+
+@bp.route("/program", methods=["GET", "POST"])
+@manager_required
+def program():
+    form = ProgramForm(obj=program_service.get_program(current_user.merchant_id))
+    return _settings_page(
+        form, program_service.update_program,
+        ("stamps_required", "reward_text", "birthday_gift_text", "voucher_validity_days",
+         "stamp_cooldown_minutes", "daily_stamp_cap"),
+        _("The program is saved."), "merchant.program", "merchant/program.html")
 
 
 @bp.route("/settings", methods=["GET", "POST"])
 @manager_required
 def settings():
-    merchant_id = current_user.merchant_id
-    merchant = program_service.get_merchant(merchant_id)
-    form = SettingsForm(obj=merchant)
-    if form.validate_on_submit():
-        try:
-            program_service.update_merchant_settings(
-                merchant_id,
-                name=form.name.data,
-                timezone=form.timezone.data,
-                locale=form.locale.data,
-                brand_color=form.brand_color.data,
-                sender_name=form.sender_name.data,
-                sender_email=form.sender_email.data,
-                postal_address=form.postal_address.data,
-                quiet_hours_start=form.quiet_hours_start.data,
-                quiet_hours_end=form.quiet_hours_end.data,
-                frequency_cap=form.frequency_cap.data,
-                double_opt_in=form.double_opt_in.data,
-            )
-        except program_service.SettingsError as exc:
-            _show_errors(form, exc.errors)
-        else:
-            flash(_("The settings are saved."), "success")
-            return redirect(url_for("merchant.settings"))
-    return render_template("merchant/program_settings.html", form=form)
+    form = SettingsForm(obj=program_service.get_merchant(current_user.merchant_id))
+    return _settings_page(
+        form, program_service.update_merchant_settings,
+        ("name", "timezone", "locale", "brand_color", "sender_name", "sender_email",
+         "postal_address", "quiet_hours_start", "quiet_hours_end", "frequency_cap",
+         "double_opt_in"),
+        _("The settings are saved."), "merchant.settings", "merchant/program_settings.html")
 
 
 @bp.route("/locations", methods=["GET", "POST"])

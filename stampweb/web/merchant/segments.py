@@ -161,14 +161,19 @@ def _segment_editor(segment: Segment | None):
 @bp.post("/segments/<int:segment_id>/delete")
 @manager_required
 def segment_delete(segment_id: int):
-    segment = get_or_404(Segment, segment_id)
+    return _delete(get_or_404(Segment, segment_id), segment_service.delete_segment,
+                   _("Segment “%(name)s” deleted."), "merchant.segments")
+
+
+def _delete(row, delete, deleted: str, endpoint: str):
+    """Confirmed delete of a segment or tag by its service, then back to the list."""
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    name = segment.name
-    segment_service.delete_segment(_merchant_id(), segment.id)
+    name = row.name
+    delete(_merchant_id(), row.id)
     db.session.commit()
-    flash(_("Segment “%(name)s” deleted.", name=name), "success")
-    return redirect(url_for("merchant.segments"), code=303)
+    flash(deleted % {"name": name}, "success")
+    return redirect(url_for(endpoint), code=303)
 
 
 @bp.post("/segments/count")
@@ -300,14 +305,8 @@ def _rule_tag_editor(tag: Tag | None):
 @bp.post("/tags/<int:tag_id>/delete")
 @manager_required
 def tag_delete(tag_id: int):
-    tag = get_or_404(Tag, tag_id)
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    name = tag.name
-    tag_service.delete_tag(_merchant_id(), tag.id)
-    db.session.commit()
-    flash(_("Tag “%(name)s” deleted.", name=name), "success")
-    return redirect(url_for("merchant.tags"), code=303)
+    return _delete(get_or_404(Tag, tag_id), tag_service.delete_tag,
+                   _("Tag “%(name)s” deleted."), "merchant.tags")
 
 
 # --- manual tags on one customer ------------------------------------------------------------

@@ -8,7 +8,8 @@ card fragment for htmx, so one URL serves both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from flask import (
     abort,
@@ -48,14 +49,6 @@ def _device() -> str | None:
     return request.user_agent.string[:300] or None
 
 
-def _card_or_404(code: str) -> Card:
-    """The current merchant's card with this code; another merchant's code is a 404."""
-    card = stamping.card_by_code(current_user.merchant_id, code)
-    if card is None:
-        abort(404)
-    return card
-
-
 def _locations() -> list[Location]:
     return list(
         db.session.scalars(
@@ -65,23 +58,55 @@ def _locations() -> list[Location]:
 
 
 @dataclass(frozen=True)
-class CardRef:
-    """What a POST view needs of its card after the service commits (and expires it)."""
-
-    id: int
-    merchant_id: int
-    code: str
-    customer_id: int
-    reward_text: str
-    birthday_gift_text: str
+class CustomerView:
     display_name: str
 
 
-def _card_ref_or_404(code: str) -> CardRef:
-    card = _card_or_404(code)
-    return CardRef(card.id, card.merchant_id, card.code, card.customer_id,
-                   card.program.reward_text, card.program.birthday_gift_text,
-                   card.customer.display_name)
+@dataclass(frozen=True)
+class ProgramView:
+    stamps_required: int
+    reward_text: str
+    birthday_gift_text: str
+
+
+@dataclass(frozen=True)
+class CardView:
+    """A card as the staff page shows it, in plain values.
+
+    A service's commit expires the session's ORM objects; these values stay
+    readable after it, and a stamp's result updates the balance, so answering
+    a stamp needs no second load of the card. The template reads `card`,
+    `customer` and `program` with the attribute names of the models.
+    """
+
+    id: int
+    merchant_id: int
+    customer_id: int
+    code: str
+    stamps: int
+    reward_state: str
+    reward_state_expires_at: datetime | None
+    customer: CustomerView
+    program: ProgramView
+
+    @classmethod
+    def of(cls, card: Card) -> CardView:
+        program = card.program
+        return cls(
+            card.id, card.merchant_id, card.customer_id, card.code, card.stamps,
+            card.reward_state, card.reward_state_expires_at,
+            CustomerView(card.customer.display_name),
+            ProgramView(program.stamps_required, program.reward_text,
+                        program.birthday_gift_text),
+        )
+
+
+def _card_or_404(code: str) -> CardView:
+    """The current merchant's card with this code; another merchant's code is a 404."""
+    card = stamping.card_by_code(current_user.merchant_id, code)
+    if card is None:
+        abort(404)
+    return CardView.of(card)
 
 
 @dataclass(frozen=True)
@@ -138,7 +163,7 @@ _UNKNOWN = object()
 
 
 def _card_context(
-    card: Card, *, stamp_form=None, undo_form=None, notices=(), undoable=_UNKNOWN
+    card: CardView, *, stamp_form=None, undo_form=None, notices=(), undoable=_UNKNOWN
 ) -> dict:
     now = utcnow()
     vouchers = voucher_service.usable_for_customer(card.merchant_id, card.customer_id, now)
@@ -165,7 +190,7 @@ def _card_context(
     }
 
 
-def _render_card(card: Card, status: int = 200, **kwargs):
+def _render_card(card: CardView, status: int = 200, **kwargs):
     context = _card_context(card, **kwargs)
     if _is_htmx():
         # htmx only swaps 2xx answers; the notices in the fragment carry the news.
@@ -175,12 +200,17 @@ def _render_card(card: Card, status: int = 200, **kwargs):
     ), status
 
 
-def _done(found: CardRef, message: str, category: str, **context):
-    """After a POST: the card fragment for htmx, else flash and redirect (PRG)."""
+def _done(found: CardView, message: str, category: str, *, now: CardView | None = None,
+          **context):
+    """After a POST: the card fragment for htmx, else flash and redirect (PRG).
+
+    `now` is the card as the service left it, when the view knows; otherwise
+    the card is loaded again (one query), as the service committed it.
+    """
     if _is_htmx():
-        # The service committed: load the card as it is now, in one query.
-        fresh = stamping.card_by_code(found.merchant_id, found.code)
-        return _render_card(fresh, notices=[(category, message)], **context)
+        if now is None:
+            now = CardView.of(stamping.card_by_code(found.merchant_id, found.code))
+        return _render_card(now, notices=[(category, message)], **context)
     flash(message, category)
     return redirect(url_for("staff.card", code=found.code), code=303)
 
@@ -227,10 +257,10 @@ def card(code: str):
 @bp.post("/staff/card/<code>/stamp")
 @staff_required
 def stamp(code: str):
-    found = _card_ref_or_404(code)
+    found = _card_or_404(code)
     form = StampForm()
     if not form.validate_on_submit():
-        return _render_card(_card_or_404(code), status=422, stamp_form=form)
+        return _render_card(found, status=422, stamp_form=form)
     location_id = _location_id()
     stamps_given = form.stamp_count()
     try:
@@ -252,7 +282,7 @@ def stamp(code: str):
             "Stamped! The card is full: reward issued (%(reward)s).",
             "Stamped! %(num)d rewards issued (%(reward)s).",
             len(result.voucher_ids),
-            reward=found.reward_text,
+            reward=found.program.reward_text,
         )
     else:
         message = _(
@@ -260,15 +290,19 @@ def stamp(code: str):
             stamps=result.stamps,
             required=result.stamps_required,
         )
+    # The balance under the card's lock is the card as it is now; nothing
+    # else shown on the card changes when it is stamped.
+    stamped = replace(found, stamps=result.stamps)
     if result.replayed:
-        return _done(found, message, "success")
-    return _done(found, message, "success", undoable=JustStamped(result.visit_id, stamps_given))
+        return _done(found, message, "success", now=stamped)
+    return _done(found, message, "success", now=stamped,
+                 undoable=JustStamped(result.visit_id, stamps_given))
 
 
 @bp.post("/staff/card/<code>/undo")
 @staff_required
 def undo(code: str):
-    found = _card_ref_or_404(code)
+    found = _card_or_404(code)
     form = UndoForm()
     if not form.validate_on_submit() or not (form.visit_id.data or "").isdigit():
         return _done(found, _("That stamp cannot be undone; reload the card."), "error")
@@ -289,70 +323,58 @@ def undo(code: str):
     return _done(found, _("The last stamp was undone."), "success")
 
 
+def _confirm_then(found, *, title, subject, detail, action, confirm_label, act, done):
+    """A voucher action behind a confirmation: GET asks (the no-JavaScript path,
+    one more tap), POST does `act(location_id)` and shows `done(result)`."""
+    form = ConfirmForm()
+    if request.method == "GET":
+        return render_template("staff/confirm.html", card=found, form=form, title=title,
+                               subject=subject, detail=detail, action=action,
+                               confirm_label=confirm_label)
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        result = act(_location_id())
+    except VoucherRefused as exc:
+        return _done(found, exc.message, "error")
+    return _done(found, done(result), "success")
+
+
 @bp.route("/staff/card/<code>/vouchers/<int:voucher_id>/redeem", methods=["GET", "POST"])
 @staff_required
 def redeem(code: str, voucher_id: int):
-    found = _card_ref_or_404(code)
+    found = _card_or_404(code)
     voucher = get_or_404(Voucher, voucher_id, customer_id=found.customer_id)
-    form = ConfirmForm()
-    if request.method == "GET":
-        # Without JavaScript the Redeem button leads here: one more tap confirms.
-        return render_template(
-            "staff/confirm.html",
-            card=found,
-            form=form,
-            title=_("Redeem this voucher?"),
-            subject=voucher.title,
-            detail=_("Code %(code)s", code=voucher.code),
-            action=url_for("staff.redeem", code=found.code, voucher_id=voucher.id),
-            confirm_label=_("Yes, redeem"),
-        )
-    if not form.validate_on_submit():
-        abort(400)
-    location_id = _location_id()
-    try:
-        result = voucher_service.redeem(
-            current_user.merchant_id,
-            voucher.id,
-            staff_user_id=current_user.id,
-            location_id=location_id,
-            ip=request.remote_addr,
-        )
-    except VoucherRefused as exc:
-        return _done(found, exc.message, "error")
-    return _done(found, _("Redeemed: %(title)s.", title=result.title), "success")
+    return _confirm_then(
+        found,
+        title=_("Redeem this voucher?"),
+        subject=voucher.title,
+        detail=_("Code %(code)s", code=voucher.code),
+        action=url_for("staff.redeem", code=found.code, voucher_id=voucher.id),
+        confirm_label=_("Yes, redeem"),
+        act=lambda location_id: voucher_service.redeem(
+            current_user.merchant_id, voucher.id, staff_user_id=current_user.id,
+            location_id=location_id, ip=request.remote_addr),
+        done=lambda result: _("Redeemed: %(title)s.", title=result.title),
+    )
 
 
 @bp.route("/staff/card/<code>/birthday", methods=["GET", "POST"])
 @staff_required
 def birthday_gift(code: str):
-    found = _card_ref_or_404(code)
-    form = ConfirmForm()
-    if request.method == "GET":
-        return render_template(
-            "staff/confirm.html",
-            card=found,
-            form=form,
-            title=_("Give the birthday gift?"),
-            subject=found.birthday_gift_text,
-            detail=found.display_name,
-            action=url_for("staff.birthday_gift", code=found.code),
-            confirm_label=_("Yes, give it"),
-        )
-    if not form.validate_on_submit():
-        abort(400)
-    location_id = _location_id()
-    try:
-        result = voucher_service.give_birthday_gift(
-            current_user.merchant_id,
-            found.id,
-            staff_user_id=current_user.id,
-            location_id=location_id,
-            ip=request.remote_addr,
-        )
-    except VoucherRefused as exc:
-        return _done(found, exc.message, "error")
-    return _done(found, _("Birthday gift given: %(title)s.", title=result.title), "success")
+    found = _card_or_404(code)
+    return _confirm_then(
+        found,
+        title=_("Give the birthday gift?"),
+        subject=found.program.birthday_gift_text,
+        detail=found.customer.display_name,
+        action=url_for("staff.birthday_gift", code=found.code),
+        confirm_label=_("Yes, give it"),
+        act=lambda location_id: voucher_service.give_birthday_gift(
+            current_user.merchant_id, found.id, staff_user_id=current_user.id,
+            location_id=location_id, ip=request.remote_addr),
+        done=lambda result: _("Birthday gift given: %(title)s.", title=result.title),
+    )
 
 
 @bp.post("/staff/location")
