@@ -102,6 +102,32 @@ DEVICES: dict[str, dict[str, Any]] = {
 # --- live server ---------------------------------------------------------------
 
 
+def _closed_before_sending(app: Flask):
+    """WSGI wrapper that reads the app's whole answer and closes it before werkzeug
+    writes a byte.
+
+    werkzeug's dev server (3.1.9, serving.py run_wsgi) closes the response
+    iterable at the end of a ``finally`` block that first drains the socket; when
+    Chromium resets a connection it no longer wants (the favicon during a quick
+    navigation), that drain raises and the close is skipped. A file sent with
+    send_file is then only closed by the garbage collector, which warns
+    (ResourceWarning) in the server thread and fails whichever test is running.
+    Closing here leaves nothing open for a dropped connection; the answers a test
+    server sends are small and finite, so buffering them costs nothing.
+    """
+
+    def closed_app(environ, start_response):
+        iterable = app(environ, start_response)
+        try:
+            return [b"".join(iterable)]
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
+
+    return closed_app
+
+
 class LiveServer:
     """A Flask app served by werkzeug on 127.0.0.1:<free port>, in a thread.
 
@@ -115,7 +141,7 @@ class LiveServer:
         self.app = app
         self.errors: list[BaseException] = []
         self.allow_errors = False
-        self._server = make_server(host, 0, app, threaded=True)
+        self._server = make_server(host, 0, _closed_before_sending(app), threaded=True)
         self.port: int = self._server.server_port
         self.url = f"http://{host}:{self.port}"
         self._previous_base_url = app.config.get("BASE_URL")
