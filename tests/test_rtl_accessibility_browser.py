@@ -237,3 +237,36 @@ def test_an_automations_message_editor_passes_axe_in_hebrew(app, cafe, live_serv
     assert not violations, axe_report(violations)
     assert_no_horizontal_scroll(page)
     assert_no_browser_errors(page)
+
+
+def test_the_activity_log_reads_on_a_phone_in_persian(app, cafe, live_server, new_page):
+    """A manager checks on the phone who reversed a stamp and why."""
+    from stampweb.loyalty import stamping
+
+    with app.app_context():
+        merchant_id = cafe.id
+        member = _member(app, cafe, "fa")
+        with unscoped():
+            owner = db.session.query(User).filter_by(email="owner@cafe.test").one()
+            owner.locale = "fa"
+            staff_id = db.session.query(User).filter_by(email="staff@cafe.test").one().id
+            db.session.commit()
+        from stampweb.models import Card
+
+        with unscoped():
+            card_id = db.session.query(Card).filter_by(code=member["code"]).one().id
+        done = stamping.record_stamps(merchant_id, card_id, staff_user_id=staff_id,
+                                      device="Mozilla/5.0 (Linux; Android 14; Pixel 8)")
+        stamping.undo_stamp(merchant_id, done.visit_id, staff_user_id=staff_id,
+                            reason="کارت اشتباه")
+    server = live_server(app)
+    page = new_page("phone")
+    login_in_browser(page, server.url, "owner@cafe.test")
+    page.goto(f"{server.url}/admin/activity")
+    assert page.locator("html").get_attribute("dir") == "rtl"
+    assert "کارت اشتباه" in page.locator("table").inner_text()
+    screenshot(page, "activity-log-fa")
+    violations = serious(run_axe(page))
+    assert not violations, axe_report(violations)
+    assert_no_horizontal_scroll(page)
+    assert_no_browser_errors(page)

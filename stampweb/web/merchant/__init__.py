@@ -4,6 +4,7 @@ bp = Blueprint("merchant", __name__, url_prefix="/admin")
 
 from . import (  # noqa: E402,F401
     api_settings,
+    audit,
     automations,
     campaigns,
     customers,
