@@ -14,7 +14,7 @@ from stampweb.loyalty import stamping
 from stampweb.models import User
 from stampweb.tenancy import tenant
 
-from .factories import card_of, gen_customer, gen_merchant, gen_user, login
+from .factories import card_of, csrf_token_from, gen_customer, gen_merchant, gen_user, login
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_managers_see_who_stamped_and_who_reversed_why(client, shop):
     page = client.get("/admin/activity")
     assert page.status_code == 200
     text = page.text
-    assert "Stamp reversed" in text and "Stamp" in text
+    assert "Stamp undone" in text and "Stamp" in text
     assert "barista@bean.test" in text
     assert "wrong card" in text and "Pixel 8 Chrome" in text
     # Another merchant's activity never shows.
@@ -97,3 +97,100 @@ def test_the_log_speaks_the_managers_language(client, shop, app):
     login(client, "boss@bean.test")
     page = client.get("/admin/activity")
     assert "Штамп отменён" in page.text
+
+
+# --- a manager reverses a stamp after the staff's 10 minutes ------------------------
+
+
+@pytest.fixture
+def old_stamp(app):
+    """A card whose latest stamp was given two hours ago, past the staff's undo window."""
+    from datetime import timedelta
+
+    from stampweb.models import utcnow
+
+    with app.app_context():
+        merchant = gen_merchant("kiosk", name="Kiosk")
+        gen_user(merchant, "manager", "boss@kiosk.test")
+        staff = gen_user(merchant, "staff", "barista@kiosk.test")
+        customer = gen_customer(merchant, first_name="Lin", email="lin@example.com")
+        card = card_of(customer)
+        ids = {"merchant_id": merchant.id, "customer_id": customer.id, "card_id": card.id,
+               "staff_id": staff.id}
+        then = utcnow() - timedelta(hours=2)
+        stamping.record_stamps(ids["merchant_id"], ids["card_id"], staff_user_id=ids["staff_id"],
+                               now=then - timedelta(days=1))
+        done = stamping.record_stamps(ids["merchant_id"], ids["card_id"], stamps=2,
+                                      staff_user_id=ids["staff_id"], now=then)
+        ids["visit_id"] = done.visit_id
+    return ids
+
+
+def _stamps(app, ids) -> int:
+    from stampweb.models import Card
+
+    with app.app_context(), tenant(ids["merchant_id"]):
+        return db.session.get(Card, ids["card_id"]).stamps
+
+
+def _reverse(client, ids, **data):
+    page = client.get(f"/admin/customers/{ids['customer_id']}")
+    token = csrf_token_from(page.text)
+    return client.post(f"/admin/customers/{ids['customer_id']}/reverse-stamp",
+                       data={"csrf_token": token, "visit_id": ids["visit_id"], **data})
+
+
+def test_staff_can_no_longer_undo_but_a_manager_reverses_with_a_reason(app, client, old_stamp):
+    with app.app_context(), pytest.raises(stamping.StampRefused) as refused:
+        stamping.undo_stamp(old_stamp["merchant_id"], old_stamp["visit_id"],
+                            staff_user_id=old_stamp["staff_id"])
+    assert refused.value.reason_code == "too_late"
+    assert _stamps(app, old_stamp) == 3
+
+    login(client, "boss@kiosk.test")
+    page = client.get(f"/admin/customers/{old_stamp['customer_id']}")
+    assert "Reverse the latest stamp" in page.text
+    answer = _reverse(client, old_stamp, reason="Stamped the wrong customer")
+    assert answer.status_code == 303
+    assert _stamps(app, old_stamp) == 1
+    export = client.get("/admin/activity/export.csv").get_data(as_text=True)
+    row = next(r for r in csv.DictReader(io.StringIO(export.lstrip("\ufeff")))
+               if r["action"] == "stamp.reverse")
+    assert row["user_email"] == "boss@kiosk.test"
+    assert row["reason"] == "Stamped the wrong customer"
+    assert row["time_utc"] and row["subject_id"] == str(old_stamp["visit_id"])
+    # The page now offers the stamp before it, and the same stamp cannot go twice.
+    again = _reverse(client, old_stamp, reason="twice")
+    assert again.status_code == 422 and "already undone" in again.text
+    assert _stamps(app, old_stamp) == 1
+
+
+def test_a_reversal_without_a_reason_is_refused_next_to_the_field(app, client, old_stamp):
+    login(client, "boss@kiosk.test")
+    answer = _reverse(client, old_stamp, reason="   ")
+    assert answer.status_code == 422
+    assert 'id="reason-error"' in answer.text and "Say why the stamp is reversed." in answer.text
+    assert _stamps(app, old_stamp) == 3
+
+
+def test_staff_cannot_reverse_and_another_merchant_cannot_reach_the_stamp(app, client, old_stamp):
+    login(client, "barista@kiosk.test")
+    answer = client.post(f"/admin/customers/{old_stamp['customer_id']}/reverse-stamp",
+                         data={"visit_id": old_stamp["visit_id"], "reason": "no"})
+    assert answer.status_code in (400, 403)
+    client = app.test_client()  # a manager of another shop, on their own phone
+    with app.app_context():
+        rival = gen_merchant("rival", name="Rival")
+        gen_user(rival, "manager", "boss@rival.test")
+        own = gen_customer(rival, first_name="Own", email="own@example.com")
+        card_of(own)
+        own_id = own.id
+    login(client, "boss@rival.test")
+    # Their own customer's page, with the other shop's stamp id: refused, nothing changes.
+    page = client.get(f"/admin/customers/{own_id}")
+    answer = client.post(f"/admin/customers/{own_id}/reverse-stamp",
+                         data={"csrf_token": csrf_token_from(page.text),
+                               "visit_id": old_stamp["visit_id"], "reason": "mine now"})
+    assert answer.status_code == 422
+    assert client.get(f"/admin/customers/{old_stamp['customer_id']}").status_code == 404
+    assert _stamps(app, old_stamp) == 3

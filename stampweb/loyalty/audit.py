@@ -24,7 +24,8 @@ from ..tenancy import tenant
 
 # Actions written by the stamping and voucher services.
 STAMP = "stamp"
-STAMP_UNDO = "stamp.undo"
+STAMP_UNDO = "stamp.undo"  # staff, within 10 minutes of the tap
+STAMP_REVERSE = "stamp.reverse"  # a manager, at any time, with a reason
 VOUCHER_REDEEM = "voucher.redeem"
 BIRTHDAY_GIFT_GIVEN = "birthday_gift.given"
 AUDIT_EXPORT = "audit.export"

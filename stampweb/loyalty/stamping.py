@@ -398,8 +398,13 @@ def undo_stamp(
     device: str | None = None,
     ip: str | None = None,
     now: datetime | None = None,
+    window: timedelta | None = UNDO_WINDOW,
+    action: str = audit.STAMP_UNDO,
 ) -> UndoResult:
     """Reverse a card's latest stamp within 10 minutes with a compensating ledger row.
+
+    `window=None` lifts the time limit: a manager's reversal
+    (`reverse_latest_stamp`), which must give a reason.
 
     A reward voucher the stamp issued is voided and its stamps come back to
     the card; if that reward was already redeemed the undo is refused. The
@@ -413,6 +418,7 @@ def undo_stamp(
             result = _undo_locked(
                 merchant_id, visit_id, staff_user_id=staff_user_id, card_id=card_id,
                 location_id=location_id, reason=reason, device=device, ip=ip, now=now,
+                window=window, action=action,
             )
             db.session.commit()
         except IntegrityError as exc:
@@ -427,7 +433,8 @@ def undo_stamp(
 
 
 def _undo_locked(
-    merchant_id, visit_id, *, staff_user_id, card_id, location_id, reason, device, ip, now
+    merchant_id, visit_id, *, staff_user_id, card_id, location_id, reason, device, ip, now,
+    window, action,
 ) -> UndoResult:
     visit = db.session.scalar(
         select(Visit).where(Visit.id == visit_id, Visit.kind == VISIT_STAMP)
@@ -441,7 +448,7 @@ def _undo_locked(
     latest = _latest_stamp(card.id)
     if latest is None or latest.id != visit.id:
         raise StampRefused("not_latest", _("Only the card's latest stamp can be undone."))
-    if now - visit.created_at > UNDO_WINDOW:
+    if window is not None and now - visit.created_at > window:
         raise StampRefused(
             "too_late",
             _("A stamp can only be undone within %(window)s.",
@@ -499,7 +506,7 @@ def _undo_locked(
         customer.updated_at = now
 
     audit.record(
-        merchant_id, staff_user_id, audit.STAMP_UNDO, "visit", visit.id,
+        merchant_id, staff_user_id, action, "visit", visit.id,
         {"card_id": card.id, "customer_id": visit.customer_id, "reversal_id": reversal.id,
          "stamps": visit.stamps, "amount": visit.amount, "reason": reason, "device": device,
          "voided_vouchers": voided},
@@ -512,6 +519,38 @@ def _undo_locked(
         stamps=card.stamps,
         stamps_required=program.stamps_required,
         voided_voucher_ids=tuple(voided),
+    )
+
+
+def latest_stamp(merchant_id: int, card_id: int) -> Visit | None:
+    """The card's latest stamp that has not been reversed, however old."""
+    with tenant(merchant_id):
+        return _latest_stamp(card_id)
+
+
+def reverse_latest_stamp(
+    merchant_id: int,
+    visit_id: int,
+    *,
+    manager_user_id: int,
+    reason: str,
+    card_id: int | None = None,
+    device: str | None = None,
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> UndoResult:
+    """A manager reverses the card's latest stamp at any age, and must say why.
+
+    Staff can undo their own tap for 10 minutes (`undo_stamp`); after that a
+    reversal is a manager's decision with a reason, kept in the audit log
+    (RELIABILITY #23). The ledger effect is the same compensating row.
+    """
+    if not (reason or "").strip():
+        raise StampRefused("reason_required", _("Say why the stamp is reversed."))
+    return undo_stamp(
+        merchant_id, visit_id, staff_user_id=manager_user_id, card_id=card_id,
+        reason=reason.strip(), device=device, ip=ip, now=now, window=None,
+        action=audit.STAMP_REVERSE,
     )
 
 

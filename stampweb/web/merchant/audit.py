@@ -18,7 +18,8 @@ from . import bp
 
 ACTION_LABELS = {
     audit.STAMP: _l("Stamp"),
-    audit.STAMP_UNDO: _l("Stamp reversed"),
+    audit.STAMP_UNDO: _l("Stamp undone"),
+    audit.STAMP_REVERSE: _l("Stamp reversed by a manager"),
     audit.VOUCHER_REDEEM: _l("Voucher redeemed"),
     audit.BIRTHDAY_GIFT_GIVEN: _l("Birthday gift given"),
     audit.AUDIT_EXPORT: _l("Activity log exported"),

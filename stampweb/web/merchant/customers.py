@@ -19,13 +19,20 @@ from flask_babel import gettext as _
 from flask_login import current_user
 
 from ...campaigns import tags as tag_service
-from ...loyalty import csv_io
+from ...loyalty import csv_io, stamping
 from ...loyalty import customers as customer_service
+from ...loyalty.stamping import StampRefused
 from ...models import CHANNELS, CONSENT_GRANTED, CONSENT_PENDING, Customer
 from ...tenancy import get_or_404
 from .. import manager_required, too_large_page
 from . import bp
-from .forms import NOT_IN_FILE, CustomerForm, ImportMappingForm, ImportUploadForm
+from .forms import (
+    NOT_IN_FILE,
+    CustomerForm,
+    ImportMappingForm,
+    ImportUploadForm,
+    ReverseStampForm,
+)
 
 VISITED_CHOICES = (7, 30, 90, 365)
 
@@ -70,15 +77,22 @@ def _form_for(customer: Customer, formdata=None) -> CustomerForm:
     return form
 
 
-def _render_customer(customer: Customer, form: CustomerForm, status: int = 200):
+def _render_customer(customer: Customer, form: CustomerForm, status: int = 200,
+                     reverse_form: ReverseStampForm | None = None):
     merchant_id = current_user.merchant_id
+    summary = customer_service.summary(merchant_id, customer.id)
+    latest = stamping.latest_stamp(merchant_id, summary.card.id) if summary.card else None
+    if reverse_form is None and latest is not None:
+        reverse_form = ReverseStampForm(formdata=None, visit_id=latest.id)
     return (
         render_template(
             "merchant/customer.html",
             customer=customer,
-            summary=customer_service.summary(merchant_id, customer.id),
+            summary=summary,
             timeline=customer_service.timeline(merchant_id, customer.id),
             form=form,
+            latest_stamp=latest,
+            reverse_form=reverse_form,
         ),
         status,
     )
@@ -132,6 +146,34 @@ def customer_update(customer_id: int):
             return redirect(url_for("merchant.customer", customer_id=found.id))
     found = get_or_404(Customer, customer_id)
     return _render_customer(found, form)
+
+
+@bp.post("/customers/<int:customer_id>/reverse-stamp")
+@manager_required
+def customer_reverse_stamp(customer_id: int):
+    """A manager reverses the card's latest stamp, with a reason (any age)."""
+    found = get_or_404(Customer, customer_id)
+    form = ReverseStampForm()
+    if not form.validate() or not (form.visit_id.data or "").isdigit():
+        return _render_customer(found, _form_for(found), 422, reverse_form=form)
+    card = customer_service.summary(current_user.merchant_id, found.id).card
+    if card is None:
+        abort(404)
+    try:
+        stamping.reverse_latest_stamp(
+            current_user.merchant_id,
+            int(form.visit_id.data),
+            manager_user_id=current_user.id,
+            reason=form.reason.data,
+            card_id=card.id,  # a stamp on this customer's card, nobody else's
+            device=request.user_agent.string[:300] or None,
+            ip=request.remote_addr,
+        )
+    except StampRefused as exc:
+        form.reason.errors = [exc.message]
+        return _render_customer(found, _form_for(found), 422, reverse_form=form)
+    flash(_("The stamp was reversed."), "success")
+    return redirect(url_for("merchant.customer", customer_id=found.id), code=303)
 
 
 # --- export ----------------------------------------------------------------------

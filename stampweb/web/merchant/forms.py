@@ -17,6 +17,7 @@ from wtforms import (
     ColorField,
     DecimalField,
     EmailField,
+    HiddenField,
     IntegerField,
     SelectField,
     StringField,
@@ -168,3 +169,13 @@ class ImportMappingForm(FlaskForm):
 
 for _target in TARGET_FIELDS:
     setattr(ImportMappingForm, _target, SelectField(TARGET_LABELS[_target], choices=[]))
+
+
+class ReverseStampForm(FlaskForm):
+    """A manager reverses a card's latest stamp: the stamp shown, and why."""
+
+    visit_id = HiddenField(validators=[DataRequired()])
+    reason = StringField(
+        _l("Reason"),
+        validators=[DataRequired(_l("Say why the stamp is reversed.")), Length(max=200)],
+    )
