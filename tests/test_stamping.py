@@ -480,3 +480,12 @@ def test_find_cards_by_phone_email_name_and_code(shop):
         assert [c.id for c in found] == [shop["card_id"]], query
     assert stamping.find_cards(merchant_id, "nobody") == []
     assert stamping.find_cards(merchant_id, "%") == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "amount"),
+    [("4.50", "4.50"), ("4,5", "4.50"), ("۴٫۵۰", "4.50"), ("٤٫٥", "4.50"), (" 12 ", "12.00")],
+)
+def test_amounts_typed_on_any_keyboard_are_read(typed, amount):
+    """A Persian phone types ۴٫۵۰ (Extended Arabic-Indic digits, U+066B separator)."""
+    assert stamping.parse_amount(typed) == Decimal(amount)

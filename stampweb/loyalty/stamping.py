@@ -92,12 +92,17 @@ def staff_card_url(card: Card) -> str:
     return f"{current_app.config['BASE_URL']}/staff/card/{card.code}"
 
 
+# A comma, or the Arabic decimal separator a Persian or Arabic keyboard types
+# (U+066B), both mean the decimal point; Decimal itself reads ۴ and ٤ as 4.
+_DECIMAL_SIGNS = str.maketrans({",": ".", "\u066b": "."})
+
+
 def parse_amount(value) -> Decimal | None:
     """A purchase amount as Decimal with two places, None when blank; StampRefused if bad."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
-        amount = Decimal(str(value).strip().replace(",", "."))
+        amount = Decimal(str(value).strip().translate(_DECIMAL_SIGNS))
     except InvalidOperation as exc:
         raise StampRefused("bad_amount", _("Enter the amount as a number, e.g. 4.50.")) from exc
     if not amount.is_finite() or amount < 0:
