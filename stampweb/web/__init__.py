@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import wraps
 
-from flask import Flask, abort, current_app, jsonify, render_template, request
+from flask import (
+    Flask,
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+    stream_with_context,
+)
 from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError
@@ -49,6 +59,14 @@ def too_large_page():
     """413: a body over MAX_CONTENT_LENGTH, or text fields over MAX_FORM_MEMORY_SIZE."""
     limit = current_app.config.get("MAX_CONTENT_LENGTH") or 0
     return _error_page(413, _("Files can be up to %(mb)s MB.", mb=limit // (1024 * 1024)))
+
+
+def csv_download(chunks: Iterator[str], filename: str) -> Response:
+    """Stream CSV text chunks as a file download that no cache keeps."""
+    response = Response(stream_with_context(chunks), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def register_error_handlers(app: Flask) -> None:

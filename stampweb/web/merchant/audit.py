@@ -7,13 +7,13 @@ their reason).
 
 from __future__ import annotations
 
-from flask import Response, render_template, request, stream_with_context
+from flask import render_template, request
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 
 from ...loyalty import audit, csv_io
 from ...loyalty.customers import CUSTOMER_UPDATE
-from .. import manager_required
+from .. import csv_download, manager_required
 from . import bp
 
 ACTION_LABELS = {
@@ -50,10 +50,6 @@ def activity():
 @bp.get("/activity/export.csv")
 @manager_required
 def activity_export():
-    merchant_id, user_id = current_user.merchant_id, current_user.id
-    response = Response(
-        stream_with_context(audit.export_csv(merchant_id, user_id)), mimetype="text/csv"
+    return csv_download(
+        audit.export_csv(current_user.merchant_id, current_user.id), "activity.csv"
     )
-    response.headers["Content-Disposition"] = 'attachment; filename="activity.csv"'
-    response.headers["Cache-Control"] = "no-store"
-    return response

@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import (
-    Response,
     abort,
     current_app,
     flash,
     redirect,
     render_template,
     request,
-    stream_with_context,
     url_for,
 )
 from flask_babel import gettext as _
@@ -24,7 +22,7 @@ from ...loyalty import customers as customer_service
 from ...loyalty.stamping import StampRefused
 from ...models import CHANNELS, CONSENT_GRANTED, CONSENT_PENDING, Customer
 from ...tenancy import get_or_404
-from .. import manager_required, too_large_page
+from .. import csv_download, manager_required, too_large_page
 from . import bp
 from .forms import (
     NOT_IN_FILE,
@@ -182,14 +180,9 @@ def customer_reverse_stamp(customer_id: int):
 @bp.get("/customers/export.csv")
 @manager_required
 def customers_export():
-    merchant_id, user_id = current_user.merchant_id, current_user.id
-    response = Response(
-        stream_with_context(csv_io.export_csv(merchant_id, user_id)),
-        mimetype="text/csv",
+    return csv_download(
+        csv_io.export_csv(current_user.merchant_id, current_user.id), "customers.csv"
     )
-    response.headers["Content-Disposition"] = 'attachment; filename="customers.csv"'
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 # --- import: upload → map columns → review → confirm ---------------------------------
