@@ -4,8 +4,9 @@ start → fan-out (pages the audience by key into the outbox, checkpointing
 its cursor in the same transaction) → send batches of a few hundred rows, each
 over one SMTP connection → finished when no row is pending or sending.
 
-Exactly-once, as near as SMTP allows: each row is committed `sent` right
-after its DATA transaction, before the next message starts, so a worker
+Exactly-once, as near as SMTP allows: each row is committed in flight
+before its DATA transaction and `sent` after it, in the same statement that
+puts the next message in flight (outbox.Recorder.note_sent), so a worker
 killed at the worst moment leaves at most the one in-flight message per
 connection ambiguous; the reconciler turns that row `unknown` when its lease
 expires and never sends it again.
@@ -480,7 +481,8 @@ def _send_emails(emails: _Emails, audience: _Audience, recorder: outbox.Recorder
                                      "connection lost; released for a later batch")
                     return
             else:
-                recorder.sent(message)
+                # Written `sent` with the next message's in-flight statement.
+                recorder.note_sent(message)
                 audience.count_sent(customer.id)
                 outcome["sent"] += 1
                 continue
