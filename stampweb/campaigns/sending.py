@@ -335,8 +335,9 @@ class _Emails:
 
     Content compiled once per language, the templates rendered once per
     language (rendering.TemplateShells), the sender and list headers folded
-    once (transport.BulkComposer), the consent rule as SQL. Per message there
-    remains: placeholders, two signed links, string joins and the MIME bodies.
+    once (transport.BulkComposer), the link signers made once (links.BulkLinks),
+    the consent rule as SQL. Per message there remains: placeholders, two
+    signed links, string joins and the MIME bodies.
     """
 
     HTML_SLOTS = ("body", "preheader", "prefs_url", "unsubscribe_url")
@@ -357,6 +358,7 @@ class _Emails:
         self.compiled: dict[str, rendering.CompiledContent] = {}
         self.shells: dict[str, tuple[rendering.TemplateShells, rendering.TemplateShells]] = {}
         self.host = links.absolute("/").split("://", 1)[-1].strip("/").split("/")[0].split(":")[0]
+        self.links = links.BulkLinks(self.unsubscribe_channel)
         self.composer = transport.BulkComposer(merchant, {
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             "List-Id": f"{rendering.single_line(merchant.name)} <{merchant.slug}.{self.host}>",
@@ -389,8 +391,8 @@ class _Emails:
         card_url = links.card_url(card) if card else links.absolute("/")
         values = rendering.recipient_values(customer, card, self.program,
                                             voucher_code=voucher_code, card_url=card_url)
-        unsubscribe = links.unsubscribe_url(customer, self.unsubscribe_channel)
-        prefs = links.prefs_url(customer)
+        unsubscribe = self.links.unsubscribe_url(customer)
+        prefs = self.links.prefs_url(customer)
         html_shell, text_shell = self._shells_for(content)
         html = html_shell.fill(customer, {
             "body": rendering.personalise(content.html_body, values, html=True),
