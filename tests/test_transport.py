@@ -290,3 +290,18 @@ def test_envelope_addresses_go_out_as_smtplib_would_send_them(address):
     theirs.mail(address, ["size=10"])
     theirs.rcpt(address)
     assert ours.commands == theirs.commands
+
+
+def test_bulk_message_ids_and_dates_match_the_one_off_ones(app, shop):
+    from email.utils import parsedate_to_datetime
+
+    from stampweb.messaging.transport import new_message_id
+
+    composer = BulkComposer(shop)
+    assert composer.message_id("m7.c3") == new_message_id("m7.c3")
+    raw = composer.compose(to="a@example.com", subject="Hi", text="t", html="<p>h</p>",
+                           message_id=composer.message_id("m7.c3"))
+    parsed = message_from_bytes(raw.data, policy=policy.default)
+    assert parsed["Message-ID"] == new_message_id("m7.c3")
+    sent_at = parsedate_to_datetime(parsed["Date"])
+    assert abs((sent_at - parsedate_to_datetime(_message(shop)["Date"])).total_seconds()) <= 1

@@ -407,7 +407,7 @@ class _Emails:
             to=customer.email,
             subject=rendering.single_line(rendering.personalise(content.subject, values)),
             text=text, html=html,
-            message_id=transport.new_message_id(f"m{message.id}.c{self.campaign.id}"),
+            message_id=self.composer.message_id(f"m{message.id}.c{self.campaign.id}"),
             headers={"List-Unsubscribe": f"<{unsubscribe}>, <mailto:unsubscribe@{self.host}"
                                          f"?subject=unsubscribe-{message.id}>"},
         )

@@ -24,6 +24,7 @@ import binascii
 import re
 import secrets
 import smtplib
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email import policy as email_policy
@@ -188,6 +189,19 @@ class BulkComposer:
                                for name, value in common.items())
         self._common_names = {name.lower() for name in common}
         self._boundary = f"=_{secrets.token_hex(16)}"
+        self._host = _base_host()
+        self._date: tuple[int, str] = (0, "")
+
+    def message_id(self, key: str) -> str:
+        """new_message_id(key), without parsing BASE_URL again for every message."""
+        return f"<{key}@{self._host}>"
+
+    def _now(self) -> str:
+        """The Date header, formatted once a second rather than once a message."""
+        second = int(time.time())
+        if self._date[0] != second:
+            self._date = (second, formatdate(second, usegmt=True))
+        return self._date[1]
 
     def compose(self, *, to: str, subject: str, text: str, html: str,
                 message_id: str, headers: dict[str, str] | None = None
@@ -201,7 +215,7 @@ class BulkComposer:
         message_id = clean_header("Message-ID", message_id)
         if not message_id.startswith("<"):
             message_id = f"<{message_id}>"
-        own = {"To": to, "Subject": subject, "Date": formatdate(usegmt=True),
+        own = {"To": to, "Subject": subject, "Date": self._now(),
                "Message-ID": message_id, **headers}
         lines = [self._common]
         for name, value in own.items():
