@@ -151,14 +151,15 @@ def claim(message_ids: list[int], now: datetime | None = None) -> list[Message]:
 
 
 class Recorder:
-    """Writes one send batch's outcomes, each row committed on its own.
+    """Writes one send batch's outcomes, each committed as the batch goes.
 
-    The send pipeline commits a row `sent` right after its DATA, one row at a
-    time, so this is the hot path: each outcome is one Core statement by
-    primary key on a connection of its own (autocommit on PostgreSQL; the
-    status change and its MessageEvent go in one statement through a
-    data-modifying CTE), instead of an ORM flush, BEGIN and COMMIT per row
-    on the session (bench/send_batch_profile.py: a third of the batch's CPU).
+    The send pipeline commits each row in flight before its DATA and `sent`
+    after it, one row at a time, so this is the hot path: each outcome is one
+    statement by primary key on a connection of its own (autocommit on
+    PostgreSQL; the status change and its MessageEvent go in one statement
+    through a data-modifying CTE), instead of an ORM flush, BEGIN and COMMIT
+    per row on the session (bench/send_batch_profile.py: a third of the
+    batch's CPU).
 
     An email batch goes further (note_sent): the `sent` of one message is
     written by the statement that puts the next one in flight, so a message
