@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -126,6 +127,11 @@ def worker_command(burst: bool, queues: str | None, no_fork: bool) -> None:
     # each job pushes its own, so no session is shared between jobs.
     worker_class = SimpleWorker if no_fork else Worker
     worker = worker_class(names, connection=connection, worker_ttl=WORKER_HEARTBEAT_TTL)
+    # Everything built so far (app, templates, modules) lives as long as the
+    # worker: out of the collector's reach, a forked work-horse's collections
+    # no longer write to every shared page and copy it (bench/send_batch_profile:
+    # ~10,000 fewer page faults a send batch).
+    gc.freeze()
     worker.work(burst=burst, with_scheduler=True)
 
 

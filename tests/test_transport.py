@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import smtplib
 from email import message_from_bytes, policy
 
 import pytest
@@ -258,3 +259,49 @@ def test_bulk_messages_go_over_smtp(app, shop, smtp):
         connection.send(_bulk(shop, to="three@example.com", subject="Third"))
     assert [m.rcpt_tos for m in smtp.messages] == [("two@example.com",), ("three@example.com",)]
     assert smtp.messages[1].message["Subject"] == "Third"
+
+
+@pytest.mark.parametrize("address", [
+    "guest@example.com", "first.last+tag@mail.example.co.uk", "o'brien@shop.example",
+    "Guest <guest@example.com>", "a..b@example.com", "quoted\"local@example.com",
+    "guest@[127.0.0.1]", "spaced name@example.com",
+])
+def test_envelope_addresses_go_out_as_smtplib_would_send_them(address):
+    """The fast path for plain addresses sends the very MAIL and RCPT commands
+    smtplib's own parser would; anything unusual is left to smtplib."""
+    from stampweb.messaging import transport
+
+    class Recording(smtplib.SMTP):
+        does_esmtp = True
+
+        def __init__(self):
+            super().__init__()
+            self.commands = []
+
+        def putcmd(self, cmd, args=""):
+            self.commands.append(f"{cmd} {args}")
+
+        def getreply(self):
+            return 250, b"OK"
+
+    ours, theirs = Recording(), Recording()
+    transport._mail(ours, address, ["size=10"])
+    transport._rcpt(ours, address)
+    theirs.mail(address, ["size=10"])
+    theirs.rcpt(address)
+    assert ours.commands == theirs.commands
+
+
+def test_bulk_message_ids_and_dates_match_the_one_off_ones(app, shop):
+    from email.utils import parsedate_to_datetime
+
+    from stampweb.messaging.transport import new_message_id
+
+    composer = BulkComposer(shop)
+    assert composer.message_id("m7.c3") == new_message_id("m7.c3")
+    raw = composer.compose(to="a@example.com", subject="Hi", text="t", html="<p>h</p>",
+                           message_id=composer.message_id("m7.c3"))
+    parsed = message_from_bytes(raw.data, policy=policy.default)
+    assert parsed["Message-ID"] == new_message_id("m7.c3")
+    sent_at = parsedate_to_datetime(parsed["Date"])
+    assert abs((sent_at - parsedate_to_datetime(_message(shop)["Date"])).total_seconds()) <= 1

@@ -151,14 +151,22 @@ def claim(message_ids: list[int], now: datetime | None = None) -> list[Message]:
 
 
 class Recorder:
-    """Writes one send batch's outcomes, each row committed on its own.
+    """Writes one send batch's outcomes, each committed as the batch goes.
 
-    The send pipeline commits a row `sent` right after its DATA, one row at a
-    time, so this is the hot path: each outcome is one Core statement by
-    primary key on a connection of its own (autocommit on PostgreSQL; the
-    status change and its MessageEvent go in one statement through a
-    data-modifying CTE), instead of an ORM flush, BEGIN and COMMIT per row
-    on the session (bench/send_batch_profile.py: a third of the batch's CPU).
+    The send pipeline commits each row in flight before its DATA and `sent`
+    after it, one row at a time, so this is the hot path: each outcome is one
+    statement by primary key on a connection of its own (autocommit on
+    PostgreSQL; the status change and its MessageEvent go in one statement
+    through a data-modifying CTE), instead of an ORM flush, BEGIN and COMMIT
+    per row on the session (bench/send_batch_profile.py: a third of the
+    batch's CPU).
+
+    An email batch goes further (note_sent): the `sent` of one message is
+    written by the statement that puts the next one in flight, so a message
+    costs one statement, not two. Until then the row stays `sending` with
+    in_flight_since set, which is what a crash in between must leave: the
+    reconciler calls it `unknown` and never sends it again, as it would a
+    message killed inside DATA.
 
     The session's tenant filter does not see Core statements on a bare
     connection, so every statement names the row's merchant itself. The
@@ -177,7 +185,7 @@ class Recorder:
         self._postgres = is_postgres()
         # Statements are built once per shape with bound parameters: building
         # and cache-keying a new statement per row cost more than running it.
-        self._statements: dict[tuple, tuple] = {}
+        self._statements: dict[tuple, list[tuple]] = {}
         self._holds_lease = (
             (table.c.status == MSG_SENDING)
             & (table.c.lease_until == bindparam("c_lease", type_=DateTime))
@@ -191,9 +199,14 @@ class Recorder:
             & (table.c.lease_until == bindparam("c_lease", type_=DateTime))
         )
         self._recipient_checks: dict[int, tuple] = {}
+        # A message accepted by the server and not yet written `sent` (note_sent).
+        self._accepted: tuple[Message, datetime] | None = None
 
     def close(self) -> None:
-        self.connection.close()
+        try:
+            self.flush()
+        finally:
+            self.connection.close()
 
     def __enter__(self) -> Recorder:
         return self
@@ -201,53 +214,148 @@ class Recorder:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _statement(self, names: tuple[str, ...], logs_event: bool, conditions: tuple):
-        key = (names, logs_event, tuple(id(c) for c in conditions))
-        built = self._statements.get(key)
-        if built is None:
-            update_row = table.update().where(
-                table.c.id == bindparam("c_id"),
-                table.c.merchant_id == bindparam("c_merchant_id"),
-                *conditions,
-            ).values({name: bindparam(f"v_{name}", type_=table.c[name].type)
-                      for name in names})
-            log = events.insert().values(
-                message_id=bindparam("c_id"), merchant_id=bindparam("c_merchant_id"),
-                status=bindparam("e_status", type_=String),
-                detail=bindparam("e_detail", type_=String),
-                created_at=bindparam("v_updated_at", type_=DateTime),
-            )
-            if logs_event and self._postgres:
-                changed = update_row.returning(table.c.id, table.c.merchant_id).cte("changed")
-                update_row, log = events.insert().from_select(
-                    ["message_id", "merchant_id", "status", "detail", "created_at"],
-                    select(changed.c.id, changed.c.merchant_id,
-                           bindparam("e_status", type_=String),
-                           bindparam("e_detail", type_=String),
-                           bindparam("v_updated_at", type_=DateTime)),
-                ), None
-            built = self._statements[key] = (update_row, log if logs_event else None,
-                                             conditions)
-        return built
+    def _parts(self, names: tuple[str, ...], logs_event: bool, conditions: tuple,
+               prefix: str = "") -> tuple:
+        """The UPDATE of one row by id and, if it logs, the INSERT of its event.
+
+        Parameters are named `{prefix}c_id`, `{prefix}v_<column>`, ... so that
+        two rows' changes can share one statement. On PostgreSQL the event
+        rides in the UPDATE's statement (a data-modifying CTE), returned as
+        the first part with None for the second.
+        """
+        update_row = table.update().where(
+            table.c.id == bindparam(f"{prefix}c_id"),
+            table.c.merchant_id == bindparam(f"{prefix}c_merchant_id"),
+            *conditions,
+        ).values({name: bindparam(f"{prefix}v_{name}", type_=table.c[name].type)
+                  for name in names})
+        if not logs_event:
+            return update_row, None
+        status = bindparam(f"{prefix}e_status", type_=String)
+        detail = bindparam(f"{prefix}e_detail", type_=String)
+        created_at = bindparam(f"{prefix}v_updated_at", type_=DateTime)
+        if self._postgres:
+            changed = update_row.returning(table.c.id, table.c.merchant_id).cte(
+                f"{prefix}changed")
+            return events.insert().from_select(
+                ["message_id", "merchant_id", "status", "detail", "created_at"],
+                select(changed.c.id, changed.c.merchant_id, status, detail, created_at),
+            ), None
+        return update_row, events.insert().values(
+            message_id=bindparam(f"{prefix}c_id"),
+            merchant_id=bindparam(f"{prefix}c_merchant_id"),
+            status=status, detail=detail, created_at=created_at,
+        )
+
+    def _statement(self, names: tuple[str, ...], logs_event: bool, conditions: tuple,
+                   with_sent: bool = False) -> list[tuple]:
+        """[(UPDATE, its event's INSERT or None), ...] to run in order, built once per shape.
+
+        The last step is the row asked for; with `with_sent`, the accepted
+        message's `sent` (parameters prefixed `s_`) comes first: in the same
+        statement on PostgreSQL (CTEs), in the same transaction on SQLite.
+        On PostgreSQL the one step is [(SQL text, constant parameters)].
+        """
+        key = (names, logs_event, tuple(id(c) for c in conditions), with_sent)
+        steps = self._statements.get(key)
+        if steps is None:
+            steps = [self._parts(names, logs_event, conditions)]
+            if with_sent:
+                sent_row, sent_log = self._parts(tuple(_sent_values(None)), True, (),
+                                                 prefix="s_")
+                if self._postgres:
+                    # WITH s_changed AS (UPDATE … RETURNING), s_logged AS (INSERT …)
+                    # UPDATE …: both messages in one round trip and one statement.
+                    main, log = steps[0]
+                    steps = [(main.add_cte(sent_row.cte("s_logged")), log)]
+                else:
+                    steps.insert(0, (sent_row, sent_log))
+            if self._postgres:
+                [(statement, _log)] = steps
+                steps = [self._driver_sql(statement)]
+            self._statements[key] = steps
+        return steps
+
+    def _driver_sql(self, statement) -> tuple[str, dict]:
+        """PostgreSQL: the statement compiled once, as SQL text and its constant parameters.
+
+        Executing a Core statement walks all of it for its cache key on every
+        call, which for these (CTEs, an EXISTS over the customer) cost more of
+        the worker's CPU than the round trip itself. Run as text, only the
+        parameters are passed; the constants (the statuses and consent values
+        in the conditions) are taken from the compiled statement here. This
+        holds only while no parameter needs converting on its way to the
+        driver (integers, strings and timestamps on psycopg need none), so
+        that is checked.
+        """
+        dialect = self.connection.dialect
+        compiled = statement.compile(dialect=dialect)
+        if compiled.positiontup or compiled.escaped_bind_names or any(
+            bind.type.bind_processor(dialect) is not None or bind.expanding
+            for bind in compiled.binds.values()
+        ):
+            raise TypeError("this statement's parameters need SQLAlchemy's processing")
+        constants = {name: bind.effective_value for name, bind in compiled.binds.items()
+                     if not bind.required}
+        return compiled.string, constants
 
     def _apply(self, message: Message, values: dict, event: str | None,
                detail: str | None = None, conditions: tuple = (),
-               params: dict | None = None) -> int:
-        """UPDATE the row (and log `event`) in one commit; return the rows changed."""
+               params: dict | None = None, with_sent: bool = False) -> int:
+        """UPDATE the row (and log `event`) in one commit; return the rows changed.
+
+        With `with_sent`, the accepted message (note_sent) is written `sent`
+        in the same commit, whatever becomes of this row.
+        """
         values.setdefault("updated_at", utcnow())
-        update_row, log, _ = self._statement(tuple(values), event is not None, conditions)
+        accepted = self._accepted if with_sent else None
+        if accepted is None:
+            self.flush()
+        steps = self._statement(tuple(values), event is not None, conditions,
+                                accepted is not None)
         bound = {"c_id": message.id, "c_merchant_id": message.merchant_id,
                  "e_status": event, "e_detail": _detail(detail), **(params or {})}
         bound.update((f"v_{name}", value) for name, value in values.items())
-        with self.connection.begin():
-            # On PostgreSQL the event rides in the UPDATE's statement (a CTE).
-            changed = self.connection.execute(update_row, bound).rowcount
-            if changed and log is not None:
-                self.connection.execute(log, bound)
+        if accepted is not None:
+            sent_message, sent_at = accepted
+            sent_values = _sent_values(sent_at)
+            bound.update({"s_c_id": sent_message.id, "s_c_merchant_id": sent_message.merchant_id,
+                          "s_e_status": MSG_SENT, "s_e_detail": None})
+            bound.update((f"s_v_{name}", value) for name, value in sent_values.items())
+        if self._postgres:
+            # One statement (the event rides in it as a CTE), autocommitted.
+            [(sql, constants)] = steps
+            changed = self.connection.exec_driver_sql(sql, {**constants, **bound}).rowcount
+        else:
+            with self.connection.begin():
+                for update_row, log in steps:
+                    changed = self.connection.execute(update_row, bound).rowcount
+                    if changed and log is not None:
+                        self.connection.execute(log, bound)
+        if accepted is not None:
+            self._accepted = None
+            for name, value in sent_values.items():
+                set_committed_value(sent_message, name, value)
         if changed:
             for name, value in values.items():
                 set_committed_value(message, name, value)
         return changed
+
+    def note_sent(self, message: Message, now: datetime | None = None) -> None:
+        """The server accepted `message`: it is written `sent` by the next statement.
+
+        That is the next in_flight() (one statement for both messages), any
+        other outcome, flush() or close(), whichever comes first.
+        """
+        self.flush()
+        self._accepted = (message, now or utcnow())
+
+    def flush(self) -> None:
+        """Write the message note_sent() holds, if any."""
+        if self._accepted is not None:
+            message, sent_at = self._accepted
+            self._accepted = None
+            self.sent(message, now=sent_at)
 
     def in_flight(self, message: Message, message_id: str, to_address: str, *,
                   may_receive=None, now: datetime | None = None) -> bool:
@@ -258,6 +366,7 @@ class Recorder:
         `may_receive` (SQL over the customer, eligibility.may_receive) is no
         longer true of the recipient, or the address changed: the consent
         re-check happens in this same statement, at the moment of sending.
+        A message note_sent() holds is written `sent` in the same statement.
         """
         now = now or utcnow()
         conditions = (self._holds_lease,)
@@ -266,7 +375,8 @@ class Recorder:
         values = {"in_flight_since": now, "email_message_id": message_id,
                   "to_address": to_address, "updated_at": now}
         params = {"c_lease": message.lease_until, "c_now": now, "c_to": to_address}
-        return self._apply(message, values, None, None, conditions, params) == 1
+        return self._apply(message, values, None, None, conditions, params,
+                           with_sent=True) == 1
 
     def _recipient_check(self, may_receive):
         known = self._recipient_checks.get(id(may_receive))
@@ -282,9 +392,7 @@ class Recorder:
 
     def sent(self, message: Message, now: datetime | None = None,
              detail: str | None = None) -> None:
-        self._apply(message, {"status": MSG_SENT, "in_flight_since": None,
-                              "sent_at": now or utcnow(), "lease_until": None,
-                              "last_error": None}, MSG_SENT, detail)
+        self._apply(message, _sent_values(now or utcnow()), MSG_SENT, detail)
 
     def skipped(self, message: Message, reason: str) -> None:
         claimed = message.status == MSG_SENDING
@@ -330,6 +438,12 @@ class Recorder:
                               "next_attempt_at": (now or utcnow()) + delay,
                               "lease_until": None, "queued_at": None},
                     "retry", f"{error} (next try in {int(delay.total_seconds())} s)")
+
+
+def _sent_values(at: datetime | None) -> dict:
+    """The columns a `sent` row gets (one dict shape: one cached statement)."""
+    return {"status": MSG_SENT, "in_flight_since": None, "sent_at": at, "lease_until": None,
+            "last_error": None, "updated_at": at}
 
 
 def _detail(detail: str | None) -> str | None:

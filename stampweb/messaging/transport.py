@@ -21,8 +21,10 @@ the busy timeout) — which they should not do across network I/O anyway.
 from __future__ import annotations
 
 import binascii
+import re
 import secrets
 import smtplib
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email import policy as email_policy
@@ -38,6 +40,14 @@ from ..extensions import db
 from ..models import MailboxMessage, utcnow
 from ..tenancy import require_tenant
 from . import dkim
+
+# An address as SMTP wants it between angle brackets already (a dot-atom local
+# part and a domain of plain labels): smtplib's quoteaddr() would return it
+# unchanged after running its RFC 2822 parser, which cost a fifth of the CPU
+# of an SMTP transaction. Anything else still goes through smtplib.
+_ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_PLAIN_ADDRESS = re.compile(
+    rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\Z")
 
 
 class TransportError(Exception):
@@ -179,6 +189,19 @@ class BulkComposer:
                                for name, value in common.items())
         self._common_names = {name.lower() for name in common}
         self._boundary = f"=_{secrets.token_hex(16)}"
+        self._host = _base_host()
+        self._date: tuple[int, str] = (0, "")
+
+    def message_id(self, key: str) -> str:
+        """new_message_id(key), without parsing BASE_URL again for every message."""
+        return f"<{key}@{self._host}>"
+
+    def _now(self) -> str:
+        """The Date header, formatted once a second rather than once a message."""
+        second = int(time.time())
+        if self._date[0] != second:
+            self._date = (second, formatdate(second, usegmt=True))
+        return self._date[1]
 
     def compose(self, *, to: str, subject: str, text: str, html: str,
                 message_id: str, headers: dict[str, str] | None = None
@@ -192,7 +215,7 @@ class BulkComposer:
         message_id = clean_header("Message-ID", message_id)
         if not message_id.startswith("<"):
             message_id = f"<{message_id}>"
-        own = {"To": to, "Subject": subject, "Date": formatdate(usegmt=True),
+        own = {"To": to, "Subject": subject, "Date": self._now(),
                "Message-ID": message_id, **headers}
         lines = [self._common]
         for name, value in own.items():
@@ -393,7 +416,7 @@ class SmtpConnection:
             options.append(f"size={len(data)}")
         stage = "MAIL"
         try:
-            code, reply = smtp.mail(sender, options)
+            code, reply = _mail(smtp, sender, options)
             if code != 250:
                 self._reset(smtp)
                 # A refused sender is our configuration, not the recipient's fault.
@@ -401,7 +424,7 @@ class SmtpConnection:
             stage = "RCPT"
             refused = {}
             for recipient in recipients:
-                code, reply = smtp.rcpt(recipient)
+                code, reply = _rcpt(smtp, recipient)
                 if code not in (250, 251):
                     refused[recipient] = (code, reply)
             if len(refused) == len(recipients):
@@ -440,6 +463,23 @@ class SmtpConnection:
             smtp.quit()
         except (smtplib.SMTPException, OSError):
             smtp.close()
+
+
+def _mail(smtp: smtplib.SMTP, sender: str, options: list[str]) -> tuple[int, bytes]:
+    """smtp.mail(), without re-parsing a plain address."""
+    if not _PLAIN_ADDRESS.match(sender) or any(o.lower() == "smtputf8" for o in options):
+        return smtp.mail(sender, options)
+    extra = " " + " ".join(options) if options and smtp.does_esmtp else ""
+    smtp.putcmd("mail", f"FROM:<{sender}>{extra}")
+    return smtp.getreply()
+
+
+def _rcpt(smtp: smtplib.SMTP, recipient: str) -> tuple[int, bytes]:
+    """smtp.rcpt(), without re-parsing a plain address."""
+    if not _PLAIN_ADDRESS.match(recipient):
+        return smtp.rcpt(recipient)
+    smtp.putcmd("rcpt", f"TO:<{recipient}>")
+    return smtp.getreply()
 
 
 def _raise_for_code(message: str, code: int, recipient: str | None) -> None:

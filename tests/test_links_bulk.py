@@ -1,0 +1,36 @@
+"""A send batch's signed links are the very tokens the one-off functions make, and
+they open the same pages."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from stampweb import links
+
+
+@pytest.mark.parametrize("channel", links.UNSUBSCRIBE_CHANNELS)
+@pytest.mark.parametrize("customer_id, merchant_id", [(1, 1), (42, 7), (987654321, 123456),
+                                                      (11111111111111, 11111111111111)])
+def test_bulk_links_are_the_same_tokens(app, monkeypatch, channel, customer_id, merchant_id):
+    customer = SimpleNamespace(id=customer_id, merchant_id=merchant_id)
+    # One clock for both: preference tokens carry the second they were made.
+    monkeypatch.setattr("itsdangerous.timed.time.time", lambda: 1_760_000_000.5)
+    with app.app_context():
+        bulk = links.BulkLinks(channel)
+        assert bulk.unsubscribe_url(customer) == links.unsubscribe_url(customer, channel)
+        assert bulk.prefs_url(customer) == links.prefs_url(customer)
+        token = bulk.unsubscribe_url(customer).rsplit("/", 1)[1]
+        assert links.verify_unsubscribe_token(token) == links.LinkTarget(
+            customer_id, merchant_id, channel)
+
+
+def test_bulk_links_sign_with_the_newest_key(app):
+    app.config["SECRET_KEY_FALLBACKS"] = ["an-old-key"]
+    customer = SimpleNamespace(id=5, merchant_id=6)
+    with app.app_context():
+        token = links.BulkLinks().prefs_url(customer).rsplit("/", 1)[1]
+        assert links.verify_prefs_token(token) == links.LinkTarget(5, 6)
+        app.config["SECRET_KEY_FALLBACKS"] = []
+        assert links.verify_prefs_token(token) == links.LinkTarget(5, 6)
