@@ -106,6 +106,36 @@ def test_sqlite_pipeline_sends_once_and_records_skips(app):
             assert outbox.materialise(mid, campaign_id, consenting, ["email"]) == 0
 
 
+def test_a_batch_out_of_time_hands_the_rest_to_a_new_job(app, monkeypatch):
+    """A slow mail server must not get the work-horse killed by the job timeout
+    mid-DATA: a batch stops at half of SEND_JOB_TIMEOUT, gives its unsent rows
+    back and enqueues them. With no time at all, each job sends one message and
+    passes the rest on; everybody still gets exactly one."""
+    monkeypatch.setattr(sending, "_batch_time_budget", lambda: 0.0)
+    with app.app_context():
+        merchant = gen_merchant()
+        mid = merchant.id
+        consenting = opted_in(merchant, 4)
+        campaign_id = make_campaign(mid)
+        with tenant(mid):
+            sending.start(campaign_id)
+    run_jobs_inline(app)
+    with app.app_context():
+        rows = outbox_rows(mid, campaign_id)
+        assert sorted(c for c, status, _ in rows if status == "sent") == sorted(consenting)
+        with tenant(mid):
+            from stampweb.models import MailboxMessage
+            from stampweb.models.campaigns import MessageEvent
+
+            assert db.session.scalar(select(func.count(MailboxMessage.id))) == 4
+            assert db.session.get(Campaign, campaign_id).status == "sent"
+            handed_on = db.session.scalar(
+                select(func.count(MessageEvent.id))
+                .where(MessageEvent.detail.like("%handed to a new job%"))
+            )
+            assert handed_on == 3 + 2 + 1
+
+
 def test_frequency_cap_skips_the_extra_message(app):
     with app.app_context():
         merchant = gen_merchant(frequency_cap=1)

@@ -256,16 +256,19 @@ def send_batch(campaign_id: int, message_ids: list[int]) -> dict[str, int]:
         audience = _Audience([m.customer_id for m in claimed], merchant)
         email_rows = [m for m in claimed if m.channel == "email"]
         wallet_rows = [m for m in claimed if m.channel == "wallet"]
+        handed_on = False
         with outbox.Recorder() as recorder:
             if email_rows:
                 emails = _Emails(campaign, merchant, program)
-                _send_emails(emails, audience, recorder, email_rows, outcome)
+                handed_on = _send_emails(emails, audience, recorder, email_rows, outcome)
             compiled: dict[str, rendering.CompiledContent] = {}
             for message in wallet_rows:
                 _send_wallet(campaign, merchant, program, message, audience, recorder,
                              compiled, outcome)
     finally:
         session.expire_on_commit = expire_on_commit
+    if handed_on:
+        enqueue_due(campaign_id, _stale_window())
     _auto_pause_on_error_burst(campaign_id, outcome)
     finish_if_done(campaign_id)
     return outcome
@@ -419,8 +422,14 @@ def _message_id_of(email) -> str:
     return email.message_id if isinstance(email, transport.RawMessage) else email["Message-ID"]
 
 
+def _batch_time_budget() -> float:
+    """Seconds a send batch may spend sending: half its job timeout."""
+    return current_app.config["SEND_JOB_TIMEOUT"] / 2
+
+
 def _send_emails(emails: _Emails, audience: _Audience, recorder: outbox.Recorder,
-                 rows: list[Message], outcome: dict[str, int]) -> None:
+                 rows: list[Message], outcome: dict[str, int]) -> bool:
+    """Send the batch's email rows; True when it ran out of time and gave the rest back."""
     campaign, merchant = emails.campaign, emails.merchant
     now = utcnow()
     remaining = list(reversed(rows))  # popped from the end: the lowest id first
@@ -433,16 +442,24 @@ def _send_emails(emails: _Emails, audience: _Audience, recorder: outbox.Recorder
             outcome["skipped"] += 1
         return reason is not None
 
+    # Stop well inside the job timeout: a slow but answering mail server must
+    # never get the work-horse killed mid-DATA (that row would end `unknown`).
+    # What is left goes back to pending and to a new job.
+    deadline = time.monotonic() + _batch_time_budget()
     with transport.open_connection() as connection:
         while remaining:
             message = remaining.pop()
+            if sum(outcome.values()) and time.monotonic() >= deadline:
+                recorder.release([message, *reversed(remaining)],
+                                 "the batch used its time; handed to a new job")
+                return True
             # Pause and cancel take effect within a second, without a query per message.
             if time.monotonic() - checked_at >= STATUS_CHECK_SECONDS:
                 checked_at = time.monotonic()
                 if not _still_sending(campaign.id):
                     recorder.release([message, *reversed(remaining)],
                                      "campaign paused or cancelled")
-                    return
+                    return False
             customer = audience.customers.get(message.customer_id)
             if skipped(message, customer):
                 continue
@@ -465,7 +482,7 @@ def _send_emails(emails: _Emails, audience: _Audience, recorder: outbox.Recorder
                     current_app.logger.warning(
                         "campaign %s: batch outlived its lease; %d rows left to other jobs",
                         campaign.id, len(remaining) + 1)
-                    return
+                    return False
             try:
                 connection.send(email)
             except transport.PermanentFailure as exc:
@@ -483,7 +500,7 @@ def _send_emails(emails: _Emails, audience: _Audience, recorder: outbox.Recorder
                     # The connection itself broke: give the rest back for a later job.
                     recorder.release(list(reversed(remaining)),
                                      "connection lost; released for a later batch")
-                    return
+                    return False
             else:
                 # Written `sent` with the next message's in-flight statement.
                 recorder.note_sent(message)
@@ -496,7 +513,8 @@ def _send_emails(emails: _Emails, audience: _Audience, recorder: outbox.Recorder
             if _auto_pause_on_error_burst(campaign.id, outcome):
                 recorder.release(list(reversed(remaining)),
                                  "campaign paused after an error burst")
-                return
+                return False
+    return False
 
 
 def _suppress_email(customer_id: int) -> None:
