@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
@@ -10,6 +11,8 @@ from wtforms import HiddenField, IntegerField, SelectField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
 
 from ...loyalty.stamping import MAX_STAMPS_PER_VISIT, StampRefused, parse_amount
+
+AMOUNT_MAX_LENGTH = 20
 
 
 def new_request_key() -> str:
@@ -38,7 +41,7 @@ class StampForm(FlaskForm):
     )
     amount = StringField(
         _l("Amount spent (optional)"),
-        validators=[Optional(), Length(max=20), AmountValidator()],
+        validators=[Optional(), Length(max=AMOUNT_MAX_LENGTH), AmountValidator()],
         render_kw={"inputmode": "decimal", "autocomplete": "off", "placeholder": "0.00"},
     )
 
@@ -47,6 +50,42 @@ class StampForm(FlaskForm):
 
     def amount_value(self):
         return getattr(self.amount, "amount", None) if self.amount.data else None
+
+
+@dataclass(frozen=True)
+class StampFormView:
+    """The stamp form as the card fragment writes it out: plain values, no WTForms.
+
+    A fresh form (every answer to a stamp) needs no form object at all; a
+    refused POST keeps what was typed and the errors of its StampForm.
+    """
+
+    request_key: str
+    stamps: str = "1"
+    amount: str = ""
+    stamps_errors: tuple[str, ...] = ()
+    amount_errors: tuple[str, ...] = ()
+    max_stamps: int = MAX_STAMPS_PER_VISIT
+    amount_max_length: int = AMOUNT_MAX_LENGTH
+
+    @property
+    def errors(self) -> bool:
+        return bool(self.stamps_errors or self.amount_errors)
+
+    @classmethod
+    def fresh(cls) -> StampFormView:
+        return cls(new_request_key())
+
+    @classmethod
+    def of(cls, form: StampForm) -> StampFormView:
+        """What a submitted form shows again: its values as typed, its errors."""
+        return cls(
+            form.request_key.data or new_request_key(),
+            form.stamps._value(),
+            form.amount._value(),
+            tuple(form.stamps.errors),
+            tuple(form.amount.errors),
+        )
 
 
 class UndoForm(FlaskForm):

@@ -36,7 +36,7 @@ from ...security import is_safe_next
 from ...tenancy import get_or_404
 from .. import staff_required
 from . import bp
-from .forms import ConfirmForm, LocationForm, StampForm, UndoForm, new_request_key
+from .forms import ConfirmForm, LocationForm, StampForm, StampFormView, UndoForm
 
 LOCATION_KEY = "staff_location"
 
@@ -163,28 +163,20 @@ _UNKNOWN = object()
 
 
 def _card_context(
-    card: CardView, *, stamp_form=None, undo_form=None, notices=(), undoable=_UNKNOWN
+    card: CardView, *, stamp_form: StampForm | None = None, notices=(), undoable=_UNKNOWN
 ) -> dict:
     now = utcnow()
     vouchers = voucher_service.usable_for_customer(card.merchant_id, card.customer_id, now)
-    if stamp_form is None:
-        stamp_form = StampForm(formdata=None)
-        stamp_form.request_key.data = new_request_key()
-    elif not stamp_form.request_key.data:
-        stamp_form.request_key.data = new_request_key()
     if undoable is _UNKNOWN:
         undoable = stamping.undoable_visit(card.merchant_id, card.id, now)
-    if undo_form is None and undoable is not None:
-        undo_form = UndoForm(formdata=None, visit_id=undoable.id)
     return {
         "card": card,
         "customer": card.customer,
         "program": card.program,
         "vouchers": vouchers,
         "badges": badges.for_card(card, now, vouchers),
-        "stamp_form": stamp_form,
+        "stamp_form": StampFormView.of(stamp_form) if stamp_form else StampFormView.fresh(),
         "undoable": undoable,
-        "undo_form": undo_form,
         "notices": list(notices),
         "location": current_location(),
     }
