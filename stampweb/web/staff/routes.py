@@ -37,7 +37,7 @@ from ...security import is_safe_next
 from ...tenancy import get_or_404
 from .. import staff_required
 from . import bp
-from .forms import ConfirmForm, LocationForm, StampForm, StampFormView, UndoForm
+from .forms import ConfirmForm, LocationForm, StampForm, StampFormView, StampPost, UndoForm
 
 LOCATION_KEY = "staff_location"
 
@@ -267,20 +267,23 @@ def card(code: str):
 @staff_required
 def stamp(code: str):
     found = _card_or_404(code)
-    form = StampForm()
-    if not form.validate_on_submit():
-        return _render_card(found, status=422, stamp_form=form)
+    post = StampPost.read_plain(request.form)
+    if post is None:
+        form = StampForm()
+        if not form.validate_on_submit():
+            return _render_card(found, status=422, stamp_form=form)
+        post = StampPost.of(form)
     location_id = _location_id()
-    stamps_given = form.stamp_count()
+    stamps_given = post.stamps
     try:
         result = stamping.record_stamps(
             current_user.merchant_id,
             found.id,
             stamps=stamps_given,
-            amount=form.amount_value(),
+            amount=post.amount,
             staff_user_id=current_user.id,
             location_id=location_id,
-            request_key=form.request_key.data or None,
+            request_key=post.request_key,
             device=_device(),
             ip=request.remote_addr,
         )
