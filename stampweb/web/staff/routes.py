@@ -21,8 +21,8 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import get_locale, ngettext
 from flask_babel import gettext as _
-from flask_babel import ngettext
 from flask_login import current_user
 from sqlalchemy import bindparam, select
 
@@ -275,6 +275,10 @@ def stamp(code: str):
         post = StampPost.of(form)
     location_id = _location_id()
     stamps_given = post.stamps
+    # The page's language comes from the logged-in user. Settle it before the
+    # stamp's commit expires the user, or translating the answer reloads the
+    # user and the merchant (two more queries).
+    get_locale()
     try:
         result = stamping.record_stamps(
             current_user.merchant_id,
