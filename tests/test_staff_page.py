@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from stampweb.extensions import db
 from stampweb.loyalty import stamping, vouchers
@@ -140,6 +140,34 @@ def test_replayed_stamp_form_records_one_visit(app, client, shop):
     second = client.post(f"/staff/card/{shop['code']}/stamp", data=data, headers=HTMX)
     assert "Stamped: 1 of 3." in first.text and "Stamped: 1 of 3." in second.text
     assert _visit_count(app, shop) == 1
+
+
+def test_a_stamp_runs_only_the_queries_it_needs(app, client, shop):
+    """An htmx stamp: the user, the card, the location, the write, the per-stamp wallet and
+    webhook checks and the vouchers shown; no ORM reload of the user or the card."""
+    page = client.get(f"/staff/card/{shop['code']}")
+    data = _form_fields(page.text, f"/staff/card/{shop['code']}/stamp")
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(" ".join(statement.split()[:2]))
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        response = client.post(f"/staff/card/{shop['code']}/stamp", data=data, headers=HTMX)
+    finally:
+        with app.app_context():
+            event.remove(db.engine, "before_cursor_execute", record)
+    assert "Stamped: 1 of 3." in response.text
+    assert statements == [
+        "BEGIN", "SELECT user.id,",             # the logged-in user (every request)
+        "SELECT card.id,", "SELECT location.id,",  # the card, where the staff member is
+        "BEGIN IMMEDIATE", "SELECT card.id,",    # the write, under the card's lock
+        "INSERT INTO", "UPDATE card", "UPDATE customer", "INSERT INTO",
+        "BEGIN", "SELECT wallet_settings.id", "SELECT webhook_endpoint.events",
+        "SELECT voucher.id,",                    # the vouchers the answer shows
+    ], statements
 
 
 def test_n_stamps_and_amount_fill_the_card_and_issue_the_reward(app, client, shop):
