@@ -103,10 +103,16 @@ class CardView:
 
 
 def _card_or_404(code: str) -> CardView:
-    """The current merchant's card with this code; another merchant's code is a 404."""
-    row = stamping.staff_card_by_code(current_user.merchant_id, code)
+    """The current merchant's card with this code; another merchant's code is a 404.
+
+    The same query finds where the staff member stamps (current_location()).
+    """
+    row = stamping.staff_card_by_code(current_user.merchant_id, code, _chosen_location_id())
     if row is None:
         abort(404)
+    if "staff_location" not in g:
+        g.staff_location = (StaffLocation(row.location_id, row.location_name)
+                            if row.location_id is not None else None)
     return CardView.of(row)
 
 
@@ -127,15 +133,23 @@ def current_location() -> StaffLocation | None:
     merchant_id = current_user.merchant_id
     connection = db.session.connection()
     location = None
-    chosen = session.get(LOCATION_KEY)
-    if isinstance(chosen, list) and len(chosen) == 2 and chosen[0] == merchant_id:
+    chosen = _chosen_location_id()
+    if chosen is not None:
         location = connection.execute(
-            _CHOSEN_LOCATION, {"merchant_id": merchant_id, "location_id": chosen[1]}
+            _CHOSEN_LOCATION, {"merchant_id": merchant_id, "location_id": chosen}
         ).first()
     if location is None:
         location = connection.execute(_FIRST_LOCATION, {"merchant_id": merchant_id}).first()
     g.staff_location = StaffLocation(location.id, location.name) if location else None
     return g.staff_location
+
+
+def _chosen_location_id() -> int | None:
+    """The location chosen on the staff page for this merchant, if any (not yet checked)."""
+    chosen = session.get(LOCATION_KEY)
+    if isinstance(chosen, list) and len(chosen) == 2 and chosen[0] == current_user.merchant_id:
+        return chosen[1]
+    return None
 
 
 # Asked on every tap of the staff page: Core statements built once, naming
