@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 from flask import current_app, has_app_context
 from flask_babel import gettext as _
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from . import events
 from .config import env_bool
@@ -141,12 +141,19 @@ def _make_receiver(event: str, id_name: str):
 _RECEIVERS = {event: _make_receiver(event, id_name) for _s, event, id_name in _SIGNAL_EVENTS}
 
 
+_endpoint_table = WebhookEndpoint.__table__
+# Asked on every stamp, so a Core statement built once and only the column
+# needed; it names the merchant itself (the tenant listener sees ORM queries).
+_ACTIVE_ENDPOINT_EVENTS = select(_endpoint_table.c.events).where(
+    _endpoint_table.c.merchant_id == bindparam("merchant_id"),
+    _endpoint_table.c.active.is_(True),
+)
+
+
 def _subscribed(merchant_id: int, event: str) -> bool:
-    with tenant(merchant_id):
-        endpoints = db.session.scalars(
-            select(WebhookEndpoint).where(WebhookEndpoint.active.is_(True))
-        ).all()
-    return any(endpoint.wants(event) for endpoint in endpoints)
+    """Whether an active endpoint of the merchant wants `event` (as WebhookEndpoint.wants)."""
+    rows = db.session.connection().execute(_ACTIVE_ENDPOINT_EVENTS, {"merchant_id": merchant_id})
+    return any(event in (wanted or []) for wanted in rows.scalars())
 
 
 # --- endpoints (settings) -------------------------------------------------------------------

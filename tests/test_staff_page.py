@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from stampweb.extensions import db
 from stampweb.loyalty import stamping, vouchers
@@ -140,6 +140,34 @@ def test_replayed_stamp_form_records_one_visit(app, client, shop):
     second = client.post(f"/staff/card/{shop['code']}/stamp", data=data, headers=HTMX)
     assert "Stamped: 1 of 3." in first.text and "Stamped: 1 of 3." in second.text
     assert _visit_count(app, shop) == 1
+
+
+def test_a_stamp_runs_only_the_queries_it_needs(app, client, shop):
+    """An htmx stamp: the user, the card with the location, the write, the per-stamp wallet
+    and webhook checks and the vouchers shown; no ORM reload of the user or the card."""
+    page = client.get(f"/staff/card/{shop['code']}")
+    data = _form_fields(page.text, f"/staff/card/{shop['code']}/stamp")
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(" ".join(statement.split()[:2]))
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        response = client.post(f"/staff/card/{shop['code']}/stamp", data=data, headers=HTMX)
+    finally:
+        with app.app_context():
+            event.remove(db.engine, "before_cursor_execute", record)
+    assert "Stamped: 1 of 3." in response.text
+    assert statements == [
+        "BEGIN", "SELECT user.id,",             # the logged-in user (every request)
+        "SELECT card.id,",                       # the card and where the staff member is
+        "BEGIN IMMEDIATE", "SELECT card.id,",    # the write, under the card's lock
+        "INSERT INTO", "UPDATE card", "UPDATE customer", "INSERT INTO",
+        "BEGIN", "SELECT wallet_settings.id", "SELECT webhook_endpoint.events",
+        "SELECT voucher.id,",                    # the vouchers the answer shows
+    ], statements
 
 
 def test_n_stamps_and_amount_fill_the_card_and_issue_the_reward(app, client, shop):
@@ -289,6 +317,26 @@ def test_staff_can_choose_their_location(app, client, shop):
         assert db.session.scalar(select(Visit.location_id)) == kiosk.id
 
 
+def test_a_closed_location_is_not_stamped_at(app, client, shop):
+    """The chosen location shows on the card and gets the stamps; once it is closed
+    (inactive), the card falls back to the merchant's first active location."""
+    page = client.get("/staff")
+    with app.app_context(), tenant(shop["merchant_id"]):
+        kiosk = db.session.scalar(select(Location).filter_by(name="Harbour kiosk"))
+        first_id = db.session.scalar(select(Location.id).order_by(Location.id))
+    client.post("/staff/location", data={
+        "csrf_token": csrf_token_from(page.text), "location_id": kiosk.id, "next": "/staff"})
+    assert "at Harbour kiosk" in client.get(f"/staff/card/{shop['code']}").text
+    with app.app_context(), tenant(shop["merchant_id"]):
+        db.session.get(Location, kiosk.id).active = False
+        db.session.commit()
+    card_page = client.get(f"/staff/card/{shop['code']}").text
+    assert "at Harbour kiosk" not in card_page and "at Bean There" in card_page
+    _stamp_post(client, shop["code"], headers=HTMX)
+    with app.app_context(), tenant(shop["merchant_id"]):
+        assert db.session.scalar(select(Visit.location_id)) == first_id
+
+
 def test_another_merchants_card_is_not_found(app, client, shop):
     """A card code or voucher of another merchant answers 404 on every staff route."""
     with app.app_context():
@@ -310,6 +358,7 @@ def test_another_merchants_card_is_not_found(app, client, shop):
     assert client.post(own, data={"csrf_token": token}).status_code == 404
     client.post("/staff/location", data={"csrf_token": token, "location_id": other_location_id})
     assert "Rival HQ" not in client.get("/staff").text
+    assert "Rival HQ" not in client.get(f"/staff/card/{shop['code']}").text
     search = client.get("/staff/search", query_string={"q": code}, headers=HTMX)
     assert "No card matches" in search.text and f"/staff/card/{code}" not in search.text
 

@@ -16,7 +16,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
 
 from ..extensions import db
 from ..models import AuditLog, Location, User, utcnow
@@ -45,19 +46,49 @@ def record(
     now: datetime | None = None,
 ) -> AuditLog:
     """Add one audit entry to the current transaction and return it (unflushed)."""
-    entry = AuditLog(
-        merchant_id=merchant_id,
-        user_id=user_id,
-        location_id=location_id,
-        action=action,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        detail=_json_safe(detail or {}),
-        ip=(ip or None) and ip[:45],
-        created_at=now or utcnow(),
-    )
+    entry = AuditLog(**_values(merchant_id, user_id, action, subject_type, subject_id, detail,
+                               location_id, ip, now))
     db.session.add(entry)
     return entry
+
+
+_INSERT = insert(AuditLog.__table__)
+
+
+def insert_now(
+    connection: Connection,
+    merchant_id: int,
+    user_id: int | None,
+    action: str,
+    subject_type: str | None,
+    subject_id: int | None,
+    detail: dict[str, Any] | None = None,
+    location_id: int | None = None,
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Write one audit entry on `connection` now, in its transaction, without the ORM.
+
+    For hot paths that run on SQLAlchemy Core (stamping); the row is the one
+    `record()` would add.
+    """
+    connection.execute(_INSERT, _values(merchant_id, user_id, action, subject_type, subject_id,
+                                        detail, location_id, ip, now))
+
+
+def _values(merchant_id, user_id, action, subject_type, subject_id, detail, location_id, ip,
+            now) -> dict[str, Any]:
+    return {
+        "merchant_id": merchant_id,
+        "user_id": user_id,
+        "location_id": location_id,
+        "action": action,
+        "subject_type": subject_type,
+        "subject_id": subject_id,
+        "detail": _json_safe(detail or {}),
+        "ip": (ip or None) and ip[:45],
+        "created_at": now or utcnow(),
+    }
 
 
 def _json_safe(value: Any) -> Any:

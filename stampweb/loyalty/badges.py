@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from flask_babel import gettext as _
 from flask_babel import ngettext
 
-from ..models import REWARD_STATE_BIRTHDAY, VOUCHER_ACTIVE, Card, Voucher, utcnow
+from ..models import REWARD_STATE_BIRTHDAY, VOUCHER_ACTIVE, Card, utcnow
 from . import vouchers as voucher_service
 
 BIRTHDAY = "birthday"
@@ -28,12 +28,13 @@ class Badge:
 
 
 def for_card(
-    card: Card, now: datetime | None = None, vouchers: Sequence[Voucher] | None = None
+    card: Card, now: datetime | None = None, vouchers: Sequence | None = None
 ) -> list[Badge]:
     """Badges for a card: birthday gift due, reward ready, vouchers expiring within 7 days.
 
-    `vouchers` are the customer's usable vouchers when the caller has them
-    already (the staff page lists them anyway); otherwise they are loaded.
+    `vouchers` are the customer's usable vouchers (rows or Voucher objects:
+    kind, status and expires_at are read) when the caller has them already
+    (the staff page lists them anyway); otherwise they are loaded.
     """
     now = now or utcnow()
     if vouchers is None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask_babel import gettext as _
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 
 from .. import events
 from ..database import begin_write
@@ -101,21 +101,35 @@ def _unused_code() -> str:
             return code
 
 
+_voucher_table = Voucher.__table__
+# Read on every tap of the staff page, stamps included: a Core statement
+# built once, naming the merchant itself (the tenant listener sees ORM queries).
+_USABLE = (
+    select(_voucher_table.c.id, _voucher_table.c.kind, _voucher_table.c.title,
+           _voucher_table.c.code, _voucher_table.c.status, _voucher_table.c.expires_at)
+    .where(
+        _voucher_table.c.merchant_id == bindparam("merchant_id"),
+        _voucher_table.c.customer_id == bindparam("customer_id"),
+        _voucher_table.c.status == VOUCHER_ACTIVE,
+        _voucher_table.c.expires_at.is_(None) | (_voucher_table.c.expires_at > bindparam("now")),
+    )
+    .order_by(_voucher_table.c.expires_at.is_(None), _voucher_table.c.expires_at,
+              _voucher_table.c.id)
+)
+
+
 def usable_for_customer(
     merchant_id: int, customer_id: int, now: datetime | None = None
-) -> list[Voucher]:
-    """The customer's active, unexpired vouchers, soonest expiry first."""
+) -> list[Row]:
+    """The customer's active, unexpired vouchers, soonest expiry first.
+
+    Plain read-only rows with the voucher's id, kind, title, code, status
+    and expires_at.
+    """
     now = now or utcnow()
-    with tenant(merchant_id):
-        rows = db.session.scalars(
-            select(Voucher)
-            .where(
-                Voucher.customer_id == customer_id,
-                Voucher.status == VOUCHER_ACTIVE,
-                (Voucher.expires_at.is_(None)) | (Voucher.expires_at > now),
-            )
-            .order_by(Voucher.expires_at.is_(None), Voucher.expires_at, Voucher.id)
-        ).all()
+    rows = db.session.connection().execute(
+        _USABLE, {"merchant_id": merchant_id, "customer_id": customer_id, "now": now}
+    )
     return list(rows)
 
 

@@ -58,6 +58,13 @@ def new_code(length: int = 8) -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(length))
 
 
+def display_name(first_name: str | None, last_name: str | None, email: str | None,
+                 phone: str | None, customer_id: int) -> str:
+    """How staff and passes name a customer: the name, else the email, phone or number."""
+    name = f"{first_name or ''} {last_name or ''}".strip()
+    return name or email or phone or f"#{customer_id}"
+
+
 class Program(TenantScoped, db.Model):
     """The stamp card's rules. One per merchant today; the table allows more."""
 
@@ -130,8 +137,7 @@ class Customer(TenantScoped, db.Model):
 
     @property
     def display_name(self) -> str:
-        name = f"{self.first_name} {self.last_name}".strip()
-        return name or self.email or self.phone or f"#{self.id}"
+        return display_name(self.first_name, self.last_name, self.email, self.phone, self.id)
 
     @property
     def card(self) -> Card | None:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ..extensions import db
 from ..models import WalletSettings, utcnow
@@ -237,6 +237,31 @@ def merchant_settings(merchant_id: int) -> WalletSettings | None:
         return db.session.scalar(
             select(WalletSettings).where(WalletSettings.merchant_id == merchant_id)
         )
+
+
+_settings_table = WalletSettings.__table__
+_HAS_OWN_SETTINGS = (
+    select(_settings_table.c.id)
+    .where(_settings_table.c.merchant_id == bindparam("merchant_id"))
+    .limit(1)
+)
+
+
+def could_be_ready(merchant_id: int) -> bool:
+    """False when wallet_status() cannot find a working wallet, known cheaply.
+
+    Asked for every stamp before the full check. Each wallet needs an id
+    (Apple's pass type ID, Google's issuer ID) from the installation or from
+    the merchant's own settings; with neither set installation-wide, a
+    merchant without a settings row has no wallet, and one indexed look-up
+    without the ORM says so. It is asked afresh each time, so a merchant who
+    sets the wallet up in another process is seen by the next stamp.
+    """
+    config = current_app.config
+    if config.get("APPLE_PASS_TYPE_ID") or config.get("GOOGLE_WALLET_ISSUER_ID"):
+        return True
+    found = db.session.connection().execute(_HAS_OWN_SETTINGS, {"merchant_id": merchant_id})
+    return found.first() is not None
 
 
 def _pick(own, global_value):

@@ -35,7 +35,7 @@ from ..models import (
 )
 from ..tenancy import tenant
 from . import apns, google, google_pass, passkit
-from .credentials import AppleConfig, GoogleConfig, wallet_status
+from .credentials import AppleConfig, GoogleConfig, could_be_ready, wallet_status
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ def wallet_availability(merchant_id: int) -> dict[str, bool]:
 
 def schedule_card_update(merchant_id: int, card_id: int) -> bool:
     """Enqueue one wallet update for the card unless one is already pending."""
+    if not could_be_ready(merchant_id):
+        return False
     status = wallet_status(merchant_id)
     if not (status.apple_ready or status.google_ready):
         return False

@@ -21,22 +21,23 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import get_locale, ngettext
 from flask_babel import gettext as _
-from flask_babel import ngettext
 from flask_login import current_user
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ...extensions import db
 from ...loyalty import badges, stamping
 from ...loyalty import vouchers as voucher_service
 from ...loyalty.stamping import StampRefused
 from ...loyalty.vouchers import VoucherRefused
-from ...models import Card, Location, Voucher, utcnow
+from ...models import Location, Voucher, utcnow
+from ...models.loyalty import display_name
 from ...security import is_safe_next
 from ...tenancy import get_or_404
 from .. import staff_required
 from . import bp
-from .forms import ConfirmForm, LocationForm, StampForm, UndoForm, new_request_key
+from .forms import ConfirmForm, LocationForm, StampForm, StampFormView, StampPost, UndoForm
 
 LOCATION_KEY = "staff_location"
 
@@ -90,23 +91,29 @@ class CardView:
     program: ProgramView
 
     @classmethod
-    def of(cls, card: Card) -> CardView:
-        program = card.program
+    def of(cls, row) -> CardView:
+        """From a row of stamping.staff_card_by_code."""
         return cls(
-            card.id, card.merchant_id, card.customer_id, card.code, card.stamps,
-            card.reward_state, card.reward_state_expires_at,
-            CustomerView(card.customer.display_name),
-            ProgramView(program.stamps_required, program.reward_text,
-                        program.birthday_gift_text),
+            row.id, row.merchant_id, row.customer_id, row.code, row.stamps,
+            row.reward_state, row.reward_state_expires_at,
+            CustomerView(display_name(row.first_name, row.last_name, row.email, row.phone,
+                                      row.customer_id)),
+            ProgramView(row.stamps_required, row.reward_text, row.birthday_gift_text),
         )
 
 
 def _card_or_404(code: str) -> CardView:
-    """The current merchant's card with this code; another merchant's code is a 404."""
-    card = stamping.card_by_code(current_user.merchant_id, code)
-    if card is None:
+    """The current merchant's card with this code; another merchant's code is a 404.
+
+    The same query finds where the staff member stamps (current_location()).
+    """
+    row = stamping.staff_card_by_code(current_user.merchant_id, code, _chosen_location_id())
+    if row is None:
         abort(404)
-    return CardView.of(card)
+    if "staff_location" not in g:
+        g.staff_location = (StaffLocation(row.location_id, row.location_name)
+                            if row.location_id is not None else None)
+    return CardView.of(row)
 
 
 @dataclass(frozen=True)
@@ -124,18 +131,42 @@ def current_location() -> StaffLocation | None:
     if "staff_location" in g:
         return g.staff_location
     merchant_id = current_user.merchant_id
+    connection = db.session.connection()
     location = None
-    chosen = session.get(LOCATION_KEY)
-    if isinstance(chosen, list) and len(chosen) == 2 and chosen[0] == merchant_id:
-        found = db.session.get(Location, chosen[1])
-        if found is not None and found.active and found.merchant_id == merchant_id:
-            location = found
+    chosen = _chosen_location_id()
+    if chosen is not None:
+        location = connection.execute(
+            _CHOSEN_LOCATION, {"merchant_id": merchant_id, "location_id": chosen}
+        ).first()
     if location is None:
-        location = db.session.scalar(
-            select(Location).where(Location.active.is_(True)).order_by(Location.id).limit(1)
-        )
+        location = connection.execute(_FIRST_LOCATION, {"merchant_id": merchant_id}).first()
     g.staff_location = StaffLocation(location.id, location.name) if location else None
     return g.staff_location
+
+
+def _chosen_location_id() -> int | None:
+    """The location chosen on the staff page for this merchant, if any (not yet checked)."""
+    chosen = session.get(LOCATION_KEY)
+    if isinstance(chosen, list) and len(chosen) == 2 and chosen[0] == current_user.merchant_id:
+        return chosen[1]
+    return None
+
+
+# Asked on every tap of the staff page: Core statements built once, naming
+# the merchant themselves (the tenant listener sees only ORM queries).
+_location_table = Location.__table__
+_CHOSEN_LOCATION = select(_location_table.c.id, _location_table.c.name).where(
+    _location_table.c.id == bindparam("location_id"),
+    _location_table.c.merchant_id == bindparam("merchant_id"),
+    _location_table.c.active.is_(True),
+)
+_FIRST_LOCATION = (
+    select(_location_table.c.id, _location_table.c.name)
+    .where(_location_table.c.merchant_id == bindparam("merchant_id"),
+           _location_table.c.active.is_(True))
+    .order_by(_location_table.c.id)
+    .limit(1)
+)
 
 
 def _location_id() -> int | None:
@@ -163,28 +194,20 @@ _UNKNOWN = object()
 
 
 def _card_context(
-    card: CardView, *, stamp_form=None, undo_form=None, notices=(), undoable=_UNKNOWN
+    card: CardView, *, stamp_form: StampForm | None = None, notices=(), undoable=_UNKNOWN
 ) -> dict:
     now = utcnow()
     vouchers = voucher_service.usable_for_customer(card.merchant_id, card.customer_id, now)
-    if stamp_form is None:
-        stamp_form = StampForm(formdata=None)
-        stamp_form.request_key.data = new_request_key()
-    elif not stamp_form.request_key.data:
-        stamp_form.request_key.data = new_request_key()
     if undoable is _UNKNOWN:
         undoable = stamping.undoable_visit(card.merchant_id, card.id, now)
-    if undo_form is None and undoable is not None:
-        undo_form = UndoForm(formdata=None, visit_id=undoable.id)
     return {
         "card": card,
         "customer": card.customer,
         "program": card.program,
         "vouchers": vouchers,
         "badges": badges.for_card(card, now, vouchers),
-        "stamp_form": stamp_form,
+        "stamp_form": StampFormView.of(stamp_form) if stamp_form else StampFormView.fresh(),
         "undoable": undoable,
-        "undo_form": undo_form,
         "notices": list(notices),
         "location": current_location(),
     }
@@ -209,7 +232,7 @@ def _done(found: CardView, message: str, category: str, *, now: CardView | None 
     """
     if _is_htmx():
         if now is None:
-            now = CardView.of(stamping.card_by_code(found.merchant_id, found.code))
+            now = CardView.of(stamping.staff_card_by_code(found.merchant_id, found.code))
         return _render_card(now, notices=[(category, message)], **context)
     flash(message, category)
     return redirect(url_for("staff.card", code=found.code), code=303)
@@ -258,20 +281,27 @@ def card(code: str):
 @staff_required
 def stamp(code: str):
     found = _card_or_404(code)
-    form = StampForm()
-    if not form.validate_on_submit():
-        return _render_card(found, status=422, stamp_form=form)
+    post = StampPost.read_plain(request.form)
+    if post is None:
+        form = StampForm()
+        if not form.validate_on_submit():
+            return _render_card(found, status=422, stamp_form=form)
+        post = StampPost.of(form)
     location_id = _location_id()
-    stamps_given = form.stamp_count()
+    stamps_given = post.stamps
+    # The page's language comes from the logged-in user. Settle it before the
+    # stamp's commit expires the user, or translating the answer reloads the
+    # user and the merchant (two more queries).
+    get_locale()
     try:
         result = stamping.record_stamps(
             current_user.merchant_id,
             found.id,
             stamps=stamps_given,
-            amount=form.amount_value(),
+            amount=post.amount,
             staff_user_id=current_user.id,
             location_id=location_id,
-            request_key=form.request_key.data or None,
+            request_key=post.request_key,
             device=_device(),
             ip=request.remote_addr,
         )
