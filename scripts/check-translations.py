@@ -3,6 +3,9 @@
 
 Usage: scripts/check-translations.py [--translations DIR] [LOCALE ...]
 
+A plural form that the language uses for counts other than one must show the
+number (%(num)d) whenever the English plural does.
+
 Checks every shipped locale but English (whose msgids are the text) by
 default. Each catalogue is also compared with messages.pot, so a string added
 to the code but never merged into a catalogue (`pybabel update`) counts as
@@ -12,6 +15,8 @@ untranslated too. Exits 1 and lists every problem; 0 when all are complete.
 from __future__ import annotations
 
 import argparse
+import gettext
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +39,30 @@ def _label(message) -> str:
     return f"{msgid!r}{context}"
 
 
+NUMBER = re.compile(r"%\(num\)[sd]")
+
+
+def _forms_used_beyond_one(catalog) -> set[int]:
+    """The plural forms the language's rule picks for some count other than 1.
+
+    Such a form stands for several counts (Russian's "one" form also serves 21,
+    31…; Persian has a single form for all), so it must show the number.
+    """
+    rule = gettext.c2py(catalog.plural_expr)
+    return {rule(n) for n in range(0, 1000) if n != 1}
+
+
+def _numberless_forms(message, forms_beyond_one: set[int]) -> bool:
+    plural = message.id[1] if isinstance(message.id, (list, tuple)) else ""
+    if not NUMBER.search(plural) or not isinstance(message.string, (list, tuple)):
+        return False
+    return any(
+        form and not NUMBER.search(form)
+        for index, form in enumerate(message.string)
+        if index in forms_beyond_one
+    )
+
+
 def problems(translations: Path, locale: str, template_ids: set) -> list[str]:
     """Every untranslated, fuzzy, obsolete-but-needed or missing entry of one locale."""
     path = translations / locale / "LC_MESSAGES" / "messages.po"
@@ -45,6 +74,7 @@ def problems(translations: Path, locale: str, template_ids: set) -> list[str]:
     if catalog.fuzzy:
         found.append(f"{locale}: the catalogue header is marked fuzzy (pybabel compile skips it)")
     ids = set()
+    forms_beyond_one = _forms_used_beyond_one(catalog)
     for message in catalog:
         if not message.id:  # the header
             continue
@@ -53,6 +83,9 @@ def problems(translations: Path, locale: str, template_ids: set) -> list[str]:
             found.append(f"{locale}: fuzzy {_label(message)}")
         elif not _is_translated(message):
             found.append(f"{locale}: untranslated {_label(message)}")
+        elif _numberless_forms(message, forms_beyond_one):
+            found.append(f"{locale}: a plural form that serves several counts lacks "
+                         f"the number in {_label(message)}")
     for msgid, _context in sorted(template_ids - ids, key=str):
         label = msgid[0] if isinstance(msgid, (list, tuple)) else msgid
         found.append(f"{locale}: missing {label!r} (run pybabel update)")

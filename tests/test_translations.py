@@ -81,6 +81,40 @@ def test_check_script_reports_untranslated_and_fuzzy(tmp_path):
     assert "Done" not in result.stdout
 
 
+def test_check_script_wants_the_number_in_forms_that_serve_many_counts(tmp_path):
+    """Russian's "one" form also serves 21, 31…: "Награда готова" for 21 rewards
+    would read as one reward, so that form must show the number; a form used
+    for exactly one count (English-like rules) may leave it out."""
+    header = ('msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=utf-8\\n"\n'
+              '"Plural-Forms: {}\\n"\n\n')
+    entries = (
+        'msgid "Reward ready"\nmsgid_plural "%(num)d rewards ready"\n'
+        'msgstr[0] "{}"\nmsgstr[1] "Готовы %(num)d награды"\nmsgstr[2] "Готово %(num)d наград"\n'
+    )
+    russian = ("nplurals=3; plural=(n%10==1 && n%100!=11 ? 0 : n%10>=2 && n%10<=4 && "
+               "(n%100<10 || n%100>=20) ? 1 : 2);")
+
+    def check(plural_forms: str, entry: str) -> subprocess.CompletedProcess:
+        po = tmp_path / "ru" / "LC_MESSAGES" / "messages.po"
+        po.parent.mkdir(parents=True, exist_ok=True)
+        po.write_text(header.format(plural_forms) + entry, encoding="utf-8")
+        return subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "check-translations.py"),
+             "--translations", str(tmp_path), "ru"],
+            capture_output=True, text=True,
+        )
+
+    numberless = check(russian, entries.format("Награда готова"))
+    assert numberless.returncode == 1
+    assert "lacks the number in 'Reward ready'" in numberless.stdout
+    assert check(russian, entries.format("Готова %(num)d награда")).returncode == 0
+    english_like = (
+        'msgid "Reward ready"\nmsgid_plural "%(num)d rewards ready"\n'
+        'msgstr[0] "Reward ready"\nmsgstr[1] "%(num)d rewards ready"\n'
+    )
+    assert check("nplurals=2; plural=(n != 1);", english_like).returncode == 0
+
+
 def test_shipped_catalogues_are_complete():
     """CI gate: no untranslated or fuzzy string in ru, kk, he, fa."""
     result = subprocess.run(

@@ -307,9 +307,14 @@ def stamp(code: str):
         )
     except StampRefused as exc:
         return _done(found, exc.message, "error")
-    if result.voucher_ids:
+    if len(result.voucher_ids) == 1:
+        message = _("Stamped! The card is full: reward issued (%(reward)s).",
+                    reward=found.program.reward_text)
+    elif result.voucher_ids:
+        # Several cards' worth in one tap. The count is in every form, because
+        # some languages use their "one" form for 21, 31… (or for all counts).
         message = ngettext(
-            "Stamped! The card is full: reward issued (%(reward)s).",
+            "Stamped! %(num)d reward issued (%(reward)s).",
             "Stamped! %(num)d rewards issued (%(reward)s).",
             len(result.voucher_ids),
             reward=found.program.reward_text,
