@@ -669,6 +669,20 @@ def measure_ceiling(sink: Sink, sample: bytes, count: int) -> dict:
     return {"msgs_per_s": count / elapsed, "seconds": elapsed, "bytes": len(messages[0][1])}
 
 
+def tear_down(workers, sink, backends, workdir: Path, *, keep: bool) -> None:
+    """Stop what a bench started (any of it may be None if setup failed) and
+    remove its directory unless --keep asked to look at it."""
+    if workers is not None:
+        workers.stop()
+    if sink is not None:
+        sink.stop()
+    backends.stop()
+    if keep:
+        print(f"kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=100_000)
@@ -723,15 +737,7 @@ def main() -> None:
         ceiling = measure_ceiling(sink, sample, args.ceiling_messages)
         ceiling_cpu.stop()
     finally:
-        if workers is not None:
-            workers.stop()
-        if sink is not None:
-            sink.stop()
-        backends.stop()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        tear_down(workers, sink, backends, workdir, keep=args.keep)
 
     def secs(value) -> str:
         return "-" if value is None else f"{value:.1f} s"

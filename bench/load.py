@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -170,15 +169,7 @@ def main() -> None:
         load_average = os.getloadavg()[0]
     finally:
         stop_group(gunicorn)
-        if workers is not None:
-            workers.stop()
-        if sink is not None:
-            sink.stop()
-        backends.stop()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        campaign_bench.tear_down(workers, sink, backends, workdir, keep=args.keep)
 
     window = window_ended - window_began
     msgs_per_s = (sent_after - sent_before) / window if window else 0.0
