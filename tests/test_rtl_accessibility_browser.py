@@ -102,14 +102,19 @@ def assert_visible_focus(page, stops: int = 12) -> None:
     assert not unseen, f"focus not visible on: {unseen}"
 
 
-def check_page(page, name: str, direction: str, lang: str) -> None:
-    html = page.locator("html")
-    assert html.get_attribute("dir") == direction, name
-    assert html.get_attribute("lang") == lang, name
+def assert_fits_and_passes_axe(page, name: str) -> None:
+    """Screenshot `name`, then: no sideways scroll and no serious axe violation."""
     screenshot(page, name)
     assert_no_horizontal_scroll(page)
     violations = serious(run_axe(page))
     assert not violations, f"{name}:\n{axe_report(violations)}"
+
+
+def check_page(page, name: str, direction: str, lang: str) -> None:
+    html = page.locator("html")
+    assert html.get_attribute("dir") == direction, name
+    assert html.get_attribute("lang") == lang, name
+    assert_fits_and_passes_axe(page, name)
     assert_tap_targets(page)
     assert_visible_focus(page)
     assert_no_browser_errors(page)
@@ -198,10 +203,7 @@ def test_the_campaign_builder_passes_axe(app, cafe, live_server, new_page, devic
     with page.expect_navigation():  # an added language's section is checked too
         page.locator("button[name=add_variant][value=ru]").click()
     assert page.locator("#variant_ru-subject").is_visible()
-    screenshot(page, f"campaign-builder-{device}-{locale}")
-    violations = serious(run_axe(page))
-    assert not violations, axe_report(violations)
-    assert_no_horizontal_scroll(page)
+    assert_fits_and_passes_axe(page, f"campaign-builder-{device}-{locale}")
     # Saved: the editor with its preview (language picker, email frame, test send).
     page.locator("#name").fill("Weekend offer")
     page.locator("#subject").fill("Hi {first_name|friend}")
@@ -214,10 +216,7 @@ def test_the_campaign_builder_passes_axe(app, cafe, live_server, new_page, devic
     with page.expect_navigation():
         page.locator(".preview-who button").click()
     assert page.locator(".preview-subject").inner_text() == "Привет"
-    screenshot(page, f"campaign-editor-{device}-{locale}")
-    violations = serious(run_axe(page))
-    assert not violations, axe_report(violations)
-    assert_no_horizontal_scroll(page)
+    assert_fits_and_passes_axe(page, f"campaign-editor-{device}-{locale}")
     assert_no_browser_errors(page)
 
 
@@ -234,10 +233,7 @@ def test_an_automations_message_editor_passes_axe_in_hebrew(app, cafe, live_serv
         page.locator("button[name=add_variant][value=fa]").click()
     assert page.locator("#variant_fa-subject").is_visible()
     assert page.locator("html").get_attribute("dir") == "rtl"
-    screenshot(page, "automation-editor-he")
-    violations = serious(run_axe(page))
-    assert not violations, axe_report(violations)
-    assert_no_horizontal_scroll(page)
+    assert_fits_and_passes_axe(page, "automation-editor-he")
     assert_no_browser_errors(page)
 
 
@@ -283,9 +279,6 @@ def test_the_activity_log_reads_on_a_phone_in_persian(app, cafe, live_server, ne
     assert page.locator("html").get_attribute("dir") == "rtl"
     log = page.locator("table").inner_text()
     assert "کارت اشتباه" in log and "دو بار زده شد" in log
-    screenshot(page, "activity-log-fa")
-    violations = serious(run_axe(page))
-    assert not violations, axe_report(violations)
-    assert_no_horizontal_scroll(page)
+    assert_fits_and_passes_axe(page, "activity-log-fa")
     # The reason left out on purpose is answered 422, with the page showing why.
     assert_no_browser_errors(page, allow=(r"422",))
