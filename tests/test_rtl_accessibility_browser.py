@@ -13,7 +13,8 @@ import pytest
 
 from stampweb import links
 from stampweb.extensions import db
-from stampweb.models import CONSENT_GRANTED, User, utcnow
+from stampweb.loyalty import stamping
+from stampweb.models import CONSENT_GRANTED, Card, User, utcnow
 from stampweb.tenancy import unscoped
 
 from .browser import (
@@ -239,8 +240,6 @@ def test_an_automations_message_editor_passes_axe_in_hebrew(app, cafe, live_serv
 
 def test_the_activity_log_reads_on_a_phone_in_persian(app, cafe, live_server, new_page):
     """A manager checks on the phone who reversed a stamp and why."""
-    from stampweb.loyalty import stamping
-
     with app.app_context():
         merchant_id = cafe.id
         member = _member(app, cafe, "fa")
@@ -248,19 +247,15 @@ def test_the_activity_log_reads_on_a_phone_in_persian(app, cafe, live_server, ne
             owner = db.session.query(User).filter_by(email="owner@cafe.test").one()
             owner.locale = "fa"
             staff_id = db.session.query(User).filter_by(email="staff@cafe.test").one().id
+            card = db.session.query(Card).filter_by(code=member["code"]).one()
+            card_id, customer_id = card.id, card.customer_id
             db.session.commit()
-        from stampweb.models import Card
-
-        with unscoped():
-            card_id = db.session.query(Card).filter_by(code=member["code"]).one().id
         stamping.record_stamps(merchant_id, card_id, staff_user_id=staff_id, stamps=2,
                                now=utcnow() - timedelta(days=1))
         done = stamping.record_stamps(merchant_id, card_id, staff_user_id=staff_id,
                                       device="Mozilla/5.0 (Linux; Android 14; Pixel 8)")
         stamping.undo_stamp(merchant_id, done.visit_id, staff_user_id=staff_id,
                             reason="کارت اشتباه")
-        with unscoped():
-            customer_id = db.session.get(Card, card_id).customer_id
     server = live_server(app)
     page = new_page("phone")
     login_in_browser(page, server.url, "owner@cafe.test")
