@@ -407,11 +407,16 @@ def _check_daily_cap(merchant_id: int, card: Card, cap: int, stamps: int, now: d
     raise StampRefused("daily_cap", message)
 
 
+def latest_stamp(merchant_id: int, card_id: int) -> Visit | None:
+    """The card's latest stamp that has not been reversed, however old."""
+    with tenant(merchant_id):
+        return _latest_stamp(card_id)
+
+
 def undoable_visit(merchant_id: int, card_id: int, now: datetime | None = None) -> Visit | None:
     """The card's latest stamp if it can still be undone (not undone, within 10 minutes)."""
     now = now or utcnow()
-    with tenant(merchant_id):
-        visit = _latest_stamp(card_id)
+    visit = latest_stamp(merchant_id, card_id)
     if visit is None or now - visit.created_at > UNDO_WINDOW:
         return None
     return visit
@@ -565,12 +570,6 @@ def _undo_locked(
         stamps_required=program.stamps_required,
         voided_voucher_ids=tuple(voided),
     )
-
-
-def latest_stamp(merchant_id: int, card_id: int) -> Visit | None:
-    """The card's latest stamp that has not been reversed, however old."""
-    with tenant(merchant_id):
-        return _latest_stamp(card_id)
 
 
 def reverse_latest_stamp(
