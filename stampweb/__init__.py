@@ -8,7 +8,7 @@ from flask import Flask, g, request
 from flask_login import current_user
 
 from . import config as config_module
-from . import embedded_redis
+from . import embedded_redis, merchant_facts
 from .database import configure_engine
 from .extensions import (
     csrf,
@@ -79,6 +79,7 @@ def create_app(config: dict | None = None) -> Flask:
         if current_user.is_authenticated:
             set_tenant(current_user.merchant_id)
             g.merchant = current_user.merchant
+            merchant_facts.remember(g.merchant)
         else:
             g.merchant = None
 

@@ -34,7 +34,7 @@ from flask import current_app, has_app_context
 from flask_babel import gettext as _
 from sqlalchemy import bindparam, select
 
-from . import events
+from . import events, merchant_facts
 from .config import env_bool
 from .extensions import db
 from .models import (
@@ -152,6 +152,9 @@ _ACTIVE_ENDPOINT_EVENTS = select(_endpoint_table.c.events).where(
 
 def _subscribed(merchant_id: int, event: str) -> bool:
     """Whether an active endpoint of the merchant wants `event` (as WebhookEndpoint.wants)."""
+    facts = merchant_facts.known(merchant_id)
+    if facts is not None and not facts.has_active_webhooks:
+        return False  # read with the logged-in user's merchant: stampweb/merchant_facts.py
     rows = db.session.connection().execute(_ACTIVE_ENDPOINT_EVENTS, {"merchant_id": merchant_id})
     return any(event in (wanted or []) for wanted in rows.scalars())
 

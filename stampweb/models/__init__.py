@@ -1,5 +1,8 @@
 """All models, importable from one place (alembic's autogenerate sees them here)."""
 
+from sqlalchemy import exists
+from sqlalchemy.orm import column_property
+
 from .api import ApiKey, IdempotencyRecord, WebhookDelivery, WebhookEndpoint
 from .automations import AutomationFiring, AutomationFlow
 from .base import utcnow
@@ -43,5 +46,15 @@ from .tenancy import (
     User,
 )
 from .wallet import WalletGoogleNotification, WalletPass, WalletRegistration, WalletSettings
+
+# Loaded with every merchant, and so with every logged-in user (whose merchant
+# is joined): whether a stamp's events have a wallet or a webhook to look
+# further for. See stampweb/merchant_facts.py.
+Merchant.has_wallet_settings = column_property(
+    exists().where(WalletSettings.merchant_id == Merchant.id)
+)
+Merchant.has_active_webhooks = column_property(
+    exists().where(WebhookEndpoint.merchant_id == Merchant.id, WebhookEndpoint.active.is_(True))
+)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -24,6 +24,7 @@ from flask import current_app
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import bindparam, select
 
+from .. import merchant_facts
 from ..extensions import db
 from ..models import WalletSettings, utcnow
 from ..tenancy import tenant
@@ -254,12 +255,17 @@ def could_be_ready(merchant_id: int) -> bool:
     (Apple's pass type ID, Google's issuer ID) from the installation or from
     the merchant's own settings; with neither set installation-wide, a
     merchant without a settings row has no wallet, and one indexed look-up
-    without the ORM says so. It is asked afresh each time, so a merchant who
-    sets the wallet up in another process is seen by the next stamp.
+    without the ORM says so (or, in a logged-in request, the answer read with
+    the merchant: stampweb/merchant_facts.py). It is asked afresh each
+    request, so a merchant who sets the wallet up in another process is seen
+    by the next stamp.
     """
     config = current_app.config
     if config.get("APPLE_PASS_TYPE_ID") or config.get("GOOGLE_WALLET_ISSUER_ID"):
         return True
+    facts = merchant_facts.known(merchant_id)
+    if facts is not None:  # read with the logged-in user's merchant this request
+        return facts.has_wallet_settings
     found = db.session.connection().execute(_HAS_OWN_SETTINGS, {"merchant_id": merchant_id})
     return found.first() is not None
 

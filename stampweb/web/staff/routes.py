@@ -194,10 +194,12 @@ _UNKNOWN = object()
 
 
 def _card_context(
-    card: CardView, *, stamp_form: StampForm | None = None, notices=(), undoable=_UNKNOWN
+    card: CardView, *, stamp_form: StampForm | None = None, notices=(), undoable=_UNKNOWN,
+    vouchers=None,
 ) -> dict:
     now = utcnow()
-    vouchers = voucher_service.usable_for_customer(card.merchant_id, card.customer_id, now)
+    if vouchers is None:
+        vouchers = voucher_service.usable_for_customer(card.merchant_id, card.customer_id, now)
     if undoable is _UNKNOWN:
         undoable = stamping.undoable_visit(card.merchant_id, card.id, now)
     return {
@@ -293,6 +295,10 @@ def stamp(code: str):
     # stamp's commit expires the user, or translating the answer reloads the
     # user and the merchant (two more queries).
     get_locale()
+    # The vouchers the answer lists, read with the card: a stamp changes them
+    # only when it fills the card, and then they are read again. This keeps the
+    # answer from opening a transaction after the stamp's commit.
+    vouchers = voucher_service.usable_for_customer(found.merchant_id, found.customer_id)
     try:
         result = stamping.record_stamps(
             current_user.merchant_id,
@@ -328,9 +334,11 @@ def stamp(code: str):
     # The balance under the card's lock is the card as it is now; nothing
     # else shown on the card changes when it is stamped.
     stamped = replace(found, stamps=result.stamps)
+    if result.voucher_ids:
+        vouchers = None  # the rewards just issued are listed too
     if result.replayed:
-        return _done(found, message, "success", now=stamped)
-    return _done(found, message, "success", now=stamped,
+        return _done(found, message, "success", now=stamped, vouchers=vouchers)
+    return _done(found, message, "success", now=stamped, vouchers=vouchers,
                  undoable=JustStamped(result.visit_id, stamps_given))
 
 
