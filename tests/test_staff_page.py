@@ -166,7 +166,8 @@ def test_a_stamp_runs_only_the_queries_it_needs(app, client, shop):
         "BEGIN", "SELECT user.id,",             # the logged-in user (every request)
         "SELECT card.id,",                       # the card and where the staff member is
         "SELECT voucher.id,",                    # the vouchers the answer shows
-        "BEGIN IMMEDIATE", "SELECT card.id,",    # the write, under the card's lock
+        "COMMIT", "BEGIN IMMEDIATE",             # the write lock, on the same connection
+        "SELECT card.id,",                       # the write, under the card's lock
         "INSERT INTO", "UPDATE card", "UPDATE customer", "INSERT INTO",
     ], statements
 
