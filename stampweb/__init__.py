@@ -20,7 +20,12 @@ from .extensions import (
     mail,
     migrate,
 )
-from .security import init_input_guard, init_security_headers, trust_proxy_headers
+from .security import (
+    init_input_guard,
+    init_security_headers,
+    reuse_checked_csrf_token,
+    trust_proxy_headers,
+)
 from .tenancy import set_tenant
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +57,7 @@ def create_app(config: dict | None = None) -> Flask:
     login_manager.init_app(app)
     mail.init_app(app)
     csrf.init_app(app)
+    reuse_checked_csrf_token(app)
     limiter.init_app(app)
     htmx.init_app(app)
     init_redis(app)

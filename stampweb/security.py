@@ -7,9 +7,11 @@ from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from flask import Flask, abort, current_app, has_app_context, request
+from flask import Flask, abort, current_app, g, has_app_context, request
 from flask_babel import gettext as _
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .extensions import csrf
 
 # argon2id above OWASP's floor (19 MiB, 2 passes): 64 MiB, 3 passes.
 ARGON2_TIME_COST = 3
@@ -87,6 +89,24 @@ def init_security_headers(app: Flask) -> None:
             # One URL serves both the full page and its htmx fragment.
             response.vary.add("HX-Request")
         return response
+
+
+def reuse_checked_csrf_token(app: Flask) -> None:
+    """After Flask-WTF has checked a POST's CSRF token, pages rendered for it carry that token.
+
+    generate_csrf() signs the session's secret anew for each request that
+    renders a form, which costs a twentieth of a staff stamp, whose answer
+    holds the card's forms. The token just checked is as good: it signs the
+    same secret, and WTF_CSRF_TIME_LIMIT is None, so its age does not matter.
+    Register after csrf.init_app(app), whose check runs first.
+    """
+    field_name = app.config["WTF_CSRF_FIELD_NAME"]
+
+    @app.before_request
+    def _reuse_the_checked_token():
+        if g.get("csrf_valid") and app.config["WTF_CSRF_TIME_LIMIT"] is None:
+            # _get_csrf_token() is how protect() found the token it checked.
+            setattr(g, field_name, csrf._get_csrf_token())
 
 
 def init_input_guard(app: Flask) -> None:

@@ -84,6 +84,9 @@ def test_a_manager_builds_previews_and_sends_a_campaign_on_a_phone(
     expect(page.locator("#wallet_text-error")).to_contain_text("At most 150")
     expect(page.get_by_label("Subject")).to_have_value("Hi {first_name|friend}, two for one")
     page.get_by_label("Wallet text").fill("Two for one this weekend!")
+    # The counter's request goes 300 ms after typing stops; a Save that left the
+    # page first would cut it off (a failed request in the browser's log).
+    expect(page.locator("#wallet_text-count")).to_have_text("25 of 150 characters")
     page.get_by_role("button", name="Save draft").click()
     expect(page.locator(".flash-success")).to_contain_text("saved as a draft")
 

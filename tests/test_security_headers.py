@@ -144,6 +144,45 @@ def test_the_staff_page_still_stamps_after_eight_hours_idle(app, client, shop, m
     assert "Stamped: 1 of" in response.text
 
 
+def test_the_answer_to_a_checked_post_carries_the_token_it_checked(app, client, shop,
+                                                                    tmp_path):
+    """A stamp's answer holds the card's forms: they carry the token the stamp was sent
+    with (not signed anew), and it is accepted again; a forged token gets no page.
+    With a time limit on tokens a fresh one is signed, so tokens still age out."""
+    login(client, "staff@hdr.test")
+    token = csrf_token_from(client.get(f"/staff/card/{shop['code']}").text)
+    later = int(time.time()) + 60  # a token signed now would differ from the one sent
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TimestampSigner, "get_timestamp", lambda self: later)
+        answer = client.post(f"/staff/card/{shop['code']}/stamp",
+                             headers={**HTMX, "X-CSRFToken": token})
+    assert "Stamped: 1 of" in answer.text
+    assert set(re.findall(r'name="csrf_token" type="hidden" value="([^"]+)"',
+                          answer.text)) == {token}
+    again = client.post(f"/staff/card/{shop['code']}/stamp",
+                        headers={**HTMX, "X-CSRFToken": token})
+    assert again.status_code == 200 and "Already stamped" in again.text
+    assert client.post(f"/staff/card/{shop['code']}/stamp",
+                       headers={**HTMX, "X-CSRFToken": token[:-2] + "xx"}).status_code == 400
+
+    limited = create_app(unit_config(tmp_path, WTF_CSRF_TIME_LIMIT=3600))
+    with limited.app_context():
+        db.create_all()
+        merchant = gen_merchant("limited")
+        gen_user(merchant, "staff", "staff@limited.test")
+        code = card_of(gen_customer(merchant)).code
+    other = limited.test_client()
+    login(other, "staff@limited.test")
+    token = csrf_token_from(other.get(f"/staff/card/{code}").text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TimestampSigner, "get_timestamp", lambda self: later)
+        answer = other.post(f"/staff/card/{code}/stamp", headers={**HTMX, "X-CSRFToken": token})
+    assert "Stamped: 1 of" in answer.text
+    assert token not in answer.text
+    with limited.app_context():
+        db.engine.dispose()
+
+
 def test_an_expiring_token_would_have_been_caught(tmp_path, monkeypatch):
     """The test above can fail: with a one-hour CSRF limit the same tap is refused."""
     application = create_app(unit_config(tmp_path, WTF_CSRF_TIME_LIMIT=3600))
