@@ -150,3 +150,25 @@ def test_built_in_form_errors_speak_every_shipped_language(app):
             seen[locale] = form.errors["name"][0]
     assert seen["en"] == "This field is required."
     assert len(set(seen.values())) == len(LANGUAGES), seen
+
+
+def test_templates_follow_a_language_switch_in_the_middle_of_a_request(app):
+    """request_translations() remembers the catalogue per request, and its fast path
+    reads the locale Flask-Babel settled: force_locale() and refresh() still switch
+    what templates and numbers say, and back."""
+    from flask import render_template_string
+    from flask_babel import force_locale, refresh
+
+    from stampweb.i18n import request_translations
+
+    page = "{{ _('Add stamp') }} {{ 1234|numberformat }}"
+    with app.test_request_context("/", headers={"Accept-Language": "en"}):
+        assert render_template_string(page) == "Add stamp 1,234"
+        assert request_translations() is request_translations()  # remembered
+        with force_locale("ru"):
+            assert render_template_string(page) == "Поставить штамп 1\xa0234"
+        assert render_template_string(page) == "Add stamp 1,234"
+        with force_locale("he"):
+            assert render_template_string(page) == "הוספת חותמת 1,234"
+        refresh()
+        assert render_template_string(page) == "Add stamp 1,234"
