@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.exc import DBAPIError
 
 from stampweb.campaigns import outbox, sending
 from stampweb.extensions import db
@@ -134,3 +135,36 @@ def test_a_crash_before_the_next_statement_leaves_the_sent_message_unknown(any_a
         # It keeps the time it went on the wire.
         assert state(merchant.id, first.id) == ("unknown", True, ["unknown"])
         assert state(merchant.id, second.id) == ("pending", False, ["pending"])
+
+
+def test_on_postgresql_a_message_is_one_prepared_statement_with_sqlalchemys_errors(pg_app):
+    """The recorder runs its statement on the driver's cursor, prepared once: each
+    further message is one execution of the same statement, and a database error
+    still comes out as SQLAlchemy's, with the row left as it was."""
+    with pg_app.app_context():
+        merchant, (first, second, third) = claimed(3)
+        with tenant(merchant.id):
+            emails = dict(db.session.execute(select(Customer.id, Customer.email)).all())
+            db.session.commit()
+            with outbox.Recorder() as recorder:
+                may_receive = eligibility.may_receive("email", merchant)
+                assert recorder.in_flight(first, "<a@x>", emails[first.customer_id],
+                                          may_receive=may_receive)
+                recorder.note_sent(first)
+                assert recorder.in_flight(second, "<b@x>", emails[second.customer_id],
+                                          may_receive=may_receive)
+                recorder.note_sent(second)
+                raw = recorder.connection.connection.dbapi_connection
+                prepared = raw.execute(
+                    "SELECT count(*) FROM pg_prepared_statements"
+                    " WHERE statement LIKE '%s_changed%'").fetchone()[0]
+                assert prepared == 1
+                # to_address is VARCHAR(254): PostgreSQL refuses the statement.
+                with pytest.raises(DBAPIError):
+                    recorder.in_flight(third, "<c@x>", "x" * 300 + "@example.com",
+                                       may_receive=may_receive)
+                assert third.in_flight_since is None
+        # Second's `sent` was in the refused statement: closing writes it on its own.
+        assert state(merchant.id, first.id) == ("sent", False, ["sent"])
+        assert state(merchant.id, second.id) == ("sent", False, ["sent"])
+        assert state(merchant.id, third.id) == ("sending", False, [])
