@@ -233,6 +233,50 @@ def test_a_change_during_the_batch_counts_at_the_moment_of_sending(app, monkeypa
     assert len(mailbox) == outcome["sent"]
 
 
+@pytest.mark.parametrize("voucher", [None, "A free coffee"])
+def test_the_next_message_is_built_while_one_is_sent_unless_building_writes(
+    app, monkeypatch, voucher
+):
+    """While a message is on the wire the next one is built, so the worker's work
+    overlaps the server's; a campaign with a voucher issues it as it builds, so
+    there each message is built only in its turn. Either way each customer gets
+    their own message once."""
+    from stampweb.messaging import transport
+    from stampweb.models import MailboxMessage
+
+    with app.app_context():
+        merchant = gen_merchant()
+        mid = merchant.id
+        customers = opted_in(merchant, 3)
+        campaign_id = make_campaign(mid, voucher_title=voucher)
+        log = []
+        build, send = sending._Emails.build, transport.MailboxConnection.send
+
+        def logged_build(self, message, customer, card):
+            log.append(f"build {customers.index(customer.id)}")
+            return build(self, message, customer, card)
+
+        def logged_send(self, msg, meanwhile=None):
+            send(self, msg, meanwhile)
+            log.append("sent")
+
+        monkeypatch.setattr(sending._Emails, "build", logged_build)
+        monkeypatch.setattr(transport.MailboxConnection, "send", logged_send)
+        with tenant(mid):
+            sending.start(campaign_id)
+            sending.fanout(campaign_id)
+            ids = [m.id for m in db.session.scalars(select(Message).order_by(Message.id))]
+            assert sending.send_batch(campaign_id, ids)["sent"] == 3
+            mailbox = [m.to_address for m in db.session.scalars(
+                select(MailboxMessage).order_by(MailboxMessage.id))]
+            emails = [db.session.get(Customer, cid).email for cid in customers]
+    if voucher:
+        assert log == ["build 0", "sent", "build 1", "sent", "build 2", "sent"]
+    else:
+        assert log == ["build 0", "build 1", "sent", "build 2", "sent", "sent"]
+    assert mailbox == emails
+
+
 # --- integration: real SMTP, Redis, PostgreSQL and workers ----------------------
 
 

@@ -287,7 +287,7 @@ def _envelope_sender(msg: EmailMessage) -> str:
 class MailboxConnection:
     """The development mailbox: every message becomes a MailboxMessage row."""
 
-    def send(self, msg: EmailMessage | RawMessage) -> None:
+    def send(self, msg: EmailMessage | RawMessage, meanwhile=None) -> None:
         merchant_id = require_tenant()
         if isinstance(msg, RawMessage):
             raw, recipients, subject, message_id = (
@@ -306,6 +306,8 @@ class MailboxConnection:
                     created_at=utcnow(),
                 )
             )
+        if meanwhile is not None:
+            meanwhile()
 
     def close(self) -> None:
         pass
@@ -361,7 +363,13 @@ class SmtpConnection:
                 raise TemporaryFailure(str(exc)) from exc
         return self._dkim_key
 
-    def send(self, msg: EmailMessage | RawMessage) -> None:
+    def send(self, msg: EmailMessage | RawMessage, meanwhile=None) -> None:
+        """Send one message; raise PermanentFailure or TemporaryFailure if it fails.
+
+        `meanwhile()`, if given, is called once the whole message is on the
+        wire and before the server's answer to it is read: the caller's own
+        work (the next message) overlaps the server's. It must not raise.
+        """
         recipients = list(msg.recipients) if isinstance(msg, RawMessage) else _recipients(msg)
         if not recipients:
             raise PermanentFailure("message has no recipient")
@@ -376,7 +384,7 @@ class SmtpConnection:
         if self._smtp is None:
             self._smtp = self._connect()
         try:
-            self._transaction(self._smtp, msg, recipients)
+            self._transaction(self._smtp, msg, recipients, meanwhile)
         except _StaleConnection:
             # The server closed an idle connection before this message began:
             # nothing was sent, so one fresh connection may try again.
@@ -384,15 +392,16 @@ class SmtpConnection:
             if not reused:
                 raise TemporaryFailure("connection closed before MAIL") from None
             self._smtp = self._connect()
-            self._send_once_more(msg, recipients)
+            self._send_once_more(msg, recipients, meanwhile)
         except TemporaryFailure as exc:
             if exc.code is None:  # the connection itself failed
                 self._drop()
             raise
 
-    def _send_once_more(self, msg: EmailMessage | RawMessage, recipients: list[str]) -> None:
+    def _send_once_more(self, msg: EmailMessage | RawMessage, recipients: list[str],
+                        meanwhile=None) -> None:
         try:
-            self._transaction(self._smtp, msg, recipients)
+            self._transaction(self._smtp, msg, recipients, meanwhile)
         except _StaleConnection:
             self._drop()
             raise TemporaryFailure("connection closed before MAIL") from None
@@ -402,7 +411,7 @@ class SmtpConnection:
             raise
 
     def _transaction(self, smtp: smtplib.SMTP, msg: EmailMessage | RawMessage,
-                     recipients: list[str]) -> None:
+                     recipients: list[str], meanwhile=None) -> None:
         if isinstance(msg, RawMessage):
             # ASCII headers and quoted-printable bodies: 7-bit clean as it is.
             sender, options, data = msg.sender, [], msg.data
@@ -432,7 +441,7 @@ class SmtpConnection:
                 recipient, (code, reply) = next(iter(refused.items()))
                 _raise_for_code(f"recipient refused: {code} {reply!r}", code, recipient)
             stage = "DATA"
-            code, reply = smtp.data(data)
+            code, reply = _data(smtp, data, meanwhile)
             if code != 250:
                 self._reset(smtp)
                 _raise_for_code(f"message refused: {code} {reply!r}", code, recipients[0])
@@ -479,6 +488,34 @@ def _rcpt(smtp: smtplib.SMTP, recipient: str) -> tuple[int, bytes]:
     if not _PLAIN_ADDRESS.match(recipient):
         return smtp.rcpt(recipient)
     smtp.putcmd("rcpt", f"TO:<{recipient}>")
+    return smtp.getreply()
+
+
+# A line that starts with a dot gets a second one (RFC 5321 4.5.2), as smtplib does.
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _data(smtp: smtplib.SMTP, data: bytes, meanwhile=None) -> tuple[int, bytes]:
+    """smtp.data() for CRLF bytes, calling `meanwhile()` before reading the final reply.
+
+    smtplib's data() writes the message and waits for the answer in one call,
+    so a worker would sit idle while the server reads the message; here the
+    caller's work goes in between. The bytes on the wire are smtplib's.
+    """
+    smtp.putcmd("data")
+    code, reply = smtp.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    quoted = _LEADING_DOT.sub(b"..", data)
+    if quoted[-2:] != b"\r\n":
+        quoted += b"\r\n"
+    smtp.send(quoted + b".\r\n")
+    if meanwhile is not None:
+        try:
+            meanwhile()
+        finally:
+            code, reply = smtp.getreply()
+        return code, reply
     return smtp.getreply()
 
 
