@@ -168,3 +168,30 @@ def test_on_postgresql_a_message_is_one_prepared_statement_with_sqlalchemys_erro
         assert state(merchant.id, first.id) == ("sent", False, ["sent"])
         assert state(merchant.id, second.id) == ("sent", False, ["sent"])
         assert state(merchant.id, third.id) == ("sending", False, [])
+
+
+def test_in_flight_soon_answers_as_in_flight_and_close_waits_for_it(any_app):
+    """in_flight_soon() gives in_flight()'s answer when asked (on PostgreSQL the
+    statement ran meanwhile on a helper thread), asking twice gives it again, and
+    a recorder closed without asking still finishes the statement first."""
+    with any_app.app_context():
+        merchant, (first, second, third) = claimed(3)
+        with tenant(merchant.id):
+            emails = dict(db.session.execute(select(Customer.id, Customer.email)).all())
+            db.session.commit()
+            may_receive = eligibility.may_receive("email", merchant)
+            with outbox.Recorder() as recorder:
+                went = recorder.in_flight_soon(first, "<a@x>", emails[first.customer_id],
+                                               may_receive=may_receive)
+                assert went() and went()
+                assert first.in_flight_since is not None
+                recorder.note_sent(first)
+                refused = recorder.in_flight_soon(second, "<b@x>", "not-theirs@example.com",
+                                                  may_receive=may_receive)
+                assert not refused()
+                recorder.skipped(second, "no_consent")
+                recorder.in_flight_soon(third, "<c@x>", emails[third.customer_id],
+                                        may_receive=may_receive)
+        assert state(merchant.id, first.id) == ("sent", False, ["sent"])
+        assert state(merchant.id, second.id) == ("skipped", False, ["skipped"])
+        assert state(merchant.id, third.id) == ("sending", True, [])

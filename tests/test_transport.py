@@ -359,3 +359,41 @@ def test_work_meanwhile_runs_while_the_server_reads_each_message(app, shop, smtp
           pytest.raises(TemporaryFailure) as caught):
         connection.send(_bulk(shop), meanwhile=lambda: ran.append(True))
     assert ran == [True] and caught.value.maybe_sent
+
+
+@pytest.mark.integration
+def test_before_data_can_withhold_a_message_after_mail_and_rcpt(app, shop, smtp):
+    """before_data() is asked once the server took MAIL and RCPT: False resets
+    the transaction, raises Withheld and delivers nothing, and the connection
+    goes on with the next message. A refused recipient leaves it unasked."""
+    from stampweb.messaging.transport import Withheld
+
+    asked = []
+    smtp.reject_addresses = {"gone@example.com"}
+    with tenant(shop.id), open_connection() as connection:
+        with pytest.raises(Withheld):
+            connection.send(_bulk(shop, to="held@example.com"),
+                            before_data=lambda: asked.append("held") or False)
+        with pytest.raises(PermanentFailure):
+            connection.send(_bulk(shop, to="gone@example.com"),
+                            before_data=lambda: asked.append("gone") or True)
+        connection.send(_bulk(shop, to="sent@example.com"),
+                        before_data=lambda: asked.append("sent") or True)
+        first_socket = connection._smtp.sock
+    assert asked == ["held", "sent"]
+    assert [m.rcpt_tos for m in smtp.wait_for(1)] == [("sent@example.com",)]
+    assert smtp.data_count == 1 and first_socket is not None
+
+
+def test_the_mailbox_asks_before_data_too(app, shop):
+    """Without MAIL_SERVER, a withheld message is not kept in the mailbox."""
+    from stampweb.messaging.transport import Withheld
+
+    with tenant(shop.id), open_connection() as connection:
+        with pytest.raises(Withheld):
+            connection.send(_bulk(shop, to="held@example.com"), before_data=lambda: False)
+        connection.send(_bulk(shop, to="kept@example.com"), before_data=lambda: True)
+    db.session.commit()  # end our read snapshot: the mailbox wrote on its own connection
+    with unscoped():
+        assert [m.to_address for m in db.session.scalars(select(MailboxMessage))] == [
+            "kept@example.com"]

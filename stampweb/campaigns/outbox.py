@@ -9,7 +9,8 @@ of being sent a second time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from sqlalchemy import DateTime, String, bindparam, func, select, update
@@ -204,9 +205,17 @@ class Recorder:
         self._recipient_checks: dict[int, tuple] = {}
         # A message accepted by the server and not yet written `sent` (note_sent).
         self._accepted: tuple[Message, datetime] | None = None
+        # in_flight_soon(): the helper thread, and the statement it may be running.
+        self._helper: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def close(self) -> None:
         try:
+            if self._helper is not None:
+                # A statement still running (its caller failed before asking
+                # for it) finishes before anything else uses the connection.
+                self._helper.shutdown(wait=True)
+                self._helper = None
             self.flush()
         finally:
             if self._cursor is not None:
@@ -414,6 +423,28 @@ class Recorder:
         params = {"c_lease": message.lease_until, "c_now": now, "c_to": to_address}
         return self._apply(message, values, None, None, conditions, params,
                            with_sent=True) == 1
+
+    def in_flight_soon(self, message: Message, message_id: str, to_address: str, *,
+                       may_receive=None) -> Callable[[], bool]:
+        """in_flight(), begun now; the function returned waits for it and gives its result.
+
+        On PostgreSQL the statement runs on a helper thread while the caller
+        does what needs no database (SMTP's MAIL and RCPT, which deliver
+        nothing), so the worker does not wait for the database and then for
+        the mail server in turn. The caller must have the result before the
+        message's DATA and before it uses this recorder or `message` again;
+        asking twice gives the same answer (or raises the same error).
+        On SQLite (one connection, one thread) it runs here and now.
+        """
+        if not self._postgres:
+            went = self.in_flight(message, message_id, to_address, may_receive=may_receive)
+            return lambda: went
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(max_workers=1,
+                                              thread_name_prefix="outbox-recorder")
+        self._pending = self._helper.submit(self.in_flight, message, message_id, to_address,
+                                            may_receive=may_receive)
+        return self._pending.result
 
     def _recipient_check(self, may_receive):
         known = self._recipient_checks.get(id(may_receive))

@@ -498,9 +498,18 @@ def _send_emails(emails: _Emails, audience: _Audience, recorder: outbox.Recorder
             email = built(message, customer)
             # Committed before the message goes on the wire, and only if the
             # customer may still get it right now (one statement, no transaction
-            # open across the network round trip).
-            if not recorder.in_flight(message, _message_id_of(email), to_address,
-                                      may_receive=emails.may_receive):
+            # open across the network round trip). The statement runs while the
+            # server takes MAIL and RCPT, which deliver nothing; DATA waits for it.
+            went = recorder.in_flight_soon(message, _message_id_of(email), to_address,
+                                           may_receive=emails.may_receive)
+            failure = None
+            try:
+                connection.send(email, meanwhile=build_next, before_data=went)
+            except transport.TransportError as exc:
+                failure = exc
+            if not went():
+                # Not in flight, so not sent (the transport stopped before DATA,
+                # or failed before it): whatever the server said, decide afresh.
                 fresh = audience.refresh(message.customer_id)
                 if skipped(message, fresh):
                     continue
@@ -514,8 +523,15 @@ def _send_emails(emails: _Emails, audience: _Audience, recorder: outbox.Recorder
                         "campaign %s: batch outlived its lease; %d rows left to other jobs",
                         campaign.id, len(remaining) + 1)
                     return False
+                failure = None
+                try:
+                    connection.send(email, meanwhile=build_next)
+                except transport.TransportError as exc:
+                    failure = exc
+            # Re-raised to sort it, so the handlers read as they would around send().
             try:
-                connection.send(email, meanwhile=build_next)
+                if failure is not None:
+                    raise failure
             except transport.PermanentFailure as exc:
                 recorder.failed(message, f"{exc.code or ''} {exc}".strip())
                 _suppress_email(customer.id)
