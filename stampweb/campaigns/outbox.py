@@ -10,7 +10,7 @@ of being sent a second time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from sqlalchemy import DateTime, String, bindparam, func, select, update
@@ -205,9 +205,8 @@ class Recorder:
         self._recipient_checks: dict[int, tuple] = {}
         # A message accepted by the server and not yet written `sent` (note_sent).
         self._accepted: tuple[Message, datetime] | None = None
-        # in_flight_soon(): the helper thread, and the statement it may be running.
+        # in_flight_soon()'s thread: one, so statements still run one at a time.
         self._helper: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
 
     def close(self) -> None:
         try:
@@ -442,9 +441,8 @@ class Recorder:
         if self._helper is None:
             self._helper = ThreadPoolExecutor(max_workers=1,
                                               thread_name_prefix="outbox-recorder")
-        self._pending = self._helper.submit(self.in_flight, message, message_id, to_address,
-                                            may_receive=may_receive)
-        return self._pending.result
+        return self._helper.submit(self.in_flight, message, message_id, to_address,
+                                   may_receive=may_receive).result
 
     def _recipient_check(self, may_receive):
         known = self._recipient_checks.get(id(may_receive))
