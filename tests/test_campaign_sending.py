@@ -233,6 +233,50 @@ def test_a_change_during_the_batch_counts_at_the_moment_of_sending(app, monkeypa
     assert len(mailbox) == outcome["sent"]
 
 
+@pytest.mark.parametrize("voucher", [None, "A free coffee"])
+def test_the_next_message_is_built_while_one_is_sent_unless_building_writes(
+    app, monkeypatch, voucher
+):
+    """While a message is on the wire the next one is built, so the worker's work
+    overlaps the server's; a campaign with a voucher issues it as it builds, so
+    there each message is built only in its turn. Either way each customer gets
+    their own message once."""
+    from stampweb.messaging import transport
+    from stampweb.models import MailboxMessage
+
+    with app.app_context():
+        merchant = gen_merchant()
+        mid = merchant.id
+        customers = opted_in(merchant, 3)
+        campaign_id = make_campaign(mid, voucher_title=voucher)
+        log = []
+        build, send = sending._Emails.build, transport.MailboxConnection.send
+
+        def logged_build(self, message, customer, card):
+            log.append(f"build {customers.index(customer.id)}")
+            return build(self, message, customer, card)
+
+        def logged_send(self, msg, **kwargs):
+            send(self, msg, **kwargs)
+            log.append("sent")
+
+        monkeypatch.setattr(sending._Emails, "build", logged_build)
+        monkeypatch.setattr(transport.MailboxConnection, "send", logged_send)
+        with tenant(mid):
+            sending.start(campaign_id)
+            sending.fanout(campaign_id)
+            ids = [m.id for m in db.session.scalars(select(Message).order_by(Message.id))]
+            assert sending.send_batch(campaign_id, ids)["sent"] == 3
+            mailbox = [m.to_address for m in db.session.scalars(
+                select(MailboxMessage).order_by(MailboxMessage.id))]
+            emails = [db.session.get(Customer, cid).email for cid in customers]
+    if voucher:
+        assert log == ["build 0", "sent", "build 1", "sent", "build 2", "sent"]
+    else:
+        assert log == ["build 0", "build 1", "sent", "build 2", "sent", "sent"]
+    assert mailbox == emails
+
+
 # --- integration: real SMTP, Redis, PostgreSQL and workers ----------------------
 
 
@@ -298,3 +342,47 @@ def test_unsubscribe_between_fanout_and_send_is_honoured(mail_app, smtp):
 
 # The fault suite (kill -9, Redis restart, 451/550, a hung server, an error
 # burst) lives in tests/test_faults.py.
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("change, expected", [
+    ({"email_consent": "withdrawn"}, ("skipped", "no_consent")),
+    ({"email": "moved@example.com"}, ("sent", None)),
+])
+def test_on_smtp_a_change_while_the_server_takes_mail_and_rcpt_still_counts(
+    mail_app, smtp, monkeypatch, change, expected
+):
+    """On PostgreSQL the in-flight statement runs while the server takes MAIL and
+    RCPT. A customer who withdrew consent a moment before gets no DATA (the
+    transaction is reset), one who changed address gets the message at the new
+    one, and the customers after them are sent as usual over the same connection."""
+    with mail_app.app_context():
+        merchant = gen_merchant()
+        mid = merchant.id
+        customers = opted_in(merchant, 3)
+        campaign_id = make_campaign(mid)
+        build = sending._Emails.build
+
+        def build_then_change(self, message, customer, card):
+            email = build(self, message, customer, card)
+            if customer.id == customers[0] and customer.email != change.get("email"):
+                with db.engine.begin() as connection:  # another process, in effect
+                    connection.execute(Customer.__table__.update()
+                                       .where(Customer.__table__.c.id == customers[0])
+                                       .values(change))
+            return email
+
+        monkeypatch.setattr(sending._Emails, "build", build_then_change)
+        with tenant(mid):
+            sending.start(campaign_id)
+            sending.fanout(campaign_id)
+            ids = [m.id for m in db.session.scalars(select(Message).order_by(Message.id))]
+            sending.send_batch(campaign_id, ids)
+            emails = dict(db.session.execute(select(Customer.id, Customer.email)).all())
+            db.session.commit()
+        rows = {cid: (status, reason) for cid, status, reason in outbox_rows(mid, campaign_id)}
+    assert rows[customers[0]] == expected
+    assert rows[customers[1]] == rows[customers[2]] == ("sent", None)
+    delivered = [m.rcpt_tos for m in smtp.wait_for(2 + (expected[0] == "sent"))]
+    assert sorted(delivered) == sorted((emails[c],) for c in customers if rows[c][0] == "sent")
+    assert smtp.data_count == len(delivered)

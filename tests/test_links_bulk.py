@@ -34,3 +34,13 @@ def test_bulk_links_sign_with_the_newest_key(app):
         assert links.verify_prefs_token(token) == links.LinkTarget(5, 6)
         app.config["SECRET_KEY_FALLBACKS"] = []
         assert links.verify_prefs_token(token) == links.LinkTarget(5, 6)
+
+
+def test_bulk_links_sign_as_itsdangerous_does_with_its_own_hmac(app):
+    """The one-shot HMAC-SHA1 gives the very signature of itsdangerous's default
+    algorithm, for any key and value."""
+    from itsdangerous.signer import HMACAlgorithm
+
+    ours, theirs = links._OneShotHmacSha1(), HMACAlgorithm()
+    for key, value in [(b"k", b""), (b"a" * 100, b"[1,2]"), (bytes(range(64)), b"x" * 500)]:
+        assert ours.get_signature(key, value) == theirs.get_signature(key, value)

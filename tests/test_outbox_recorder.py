@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.exc import DBAPIError
 
 from stampweb.campaigns import outbox, sending
 from stampweb.extensions import db
@@ -134,3 +135,63 @@ def test_a_crash_before_the_next_statement_leaves_the_sent_message_unknown(any_a
         # It keeps the time it went on the wire.
         assert state(merchant.id, first.id) == ("unknown", True, ["unknown"])
         assert state(merchant.id, second.id) == ("pending", False, ["pending"])
+
+
+def test_on_postgresql_a_message_is_one_prepared_statement_with_sqlalchemys_errors(pg_app):
+    """The recorder runs its statement on the driver's cursor, prepared once: each
+    further message is one execution of the same statement, and a database error
+    still comes out as SQLAlchemy's, with the row left as it was."""
+    with pg_app.app_context():
+        merchant, (first, second, third) = claimed(3)
+        with tenant(merchant.id):
+            emails = dict(db.session.execute(select(Customer.id, Customer.email)).all())
+            db.session.commit()
+            with outbox.Recorder() as recorder:
+                may_receive = eligibility.may_receive("email", merchant)
+                assert recorder.in_flight(first, "<a@x>", emails[first.customer_id],
+                                          may_receive=may_receive)
+                recorder.note_sent(first)
+                assert recorder.in_flight(second, "<b@x>", emails[second.customer_id],
+                                          may_receive=may_receive)
+                recorder.note_sent(second)
+                raw = recorder.connection.connection.dbapi_connection
+                prepared = raw.execute(
+                    "SELECT count(*) FROM pg_prepared_statements"
+                    " WHERE statement LIKE '%s_changed%'").fetchone()[0]
+                assert prepared == 1
+                # to_address is VARCHAR(254): PostgreSQL refuses the statement.
+                with pytest.raises(DBAPIError):
+                    recorder.in_flight(third, "<c@x>", "x" * 300 + "@example.com",
+                                       may_receive=may_receive)
+                assert third.in_flight_since is None
+        # Second's `sent` was in the refused statement: closing writes it on its own.
+        assert state(merchant.id, first.id) == ("sent", False, ["sent"])
+        assert state(merchant.id, second.id) == ("sent", False, ["sent"])
+        assert state(merchant.id, third.id) == ("sending", False, [])
+
+
+def test_in_flight_soon_answers_as_in_flight_and_close_waits_for_it(any_app):
+    """in_flight_soon() gives in_flight()'s answer when asked (on PostgreSQL the
+    statement ran meanwhile on a helper thread), asking twice gives it again, and
+    a recorder closed without asking still finishes the statement first."""
+    with any_app.app_context():
+        merchant, (first, second, third) = claimed(3)
+        with tenant(merchant.id):
+            emails = dict(db.session.execute(select(Customer.id, Customer.email)).all())
+            db.session.commit()
+            may_receive = eligibility.may_receive("email", merchant)
+            with outbox.Recorder() as recorder:
+                went = recorder.in_flight_soon(first, "<a@x>", emails[first.customer_id],
+                                               may_receive=may_receive)
+                assert went() and went()
+                assert first.in_flight_since is not None
+                recorder.note_sent(first)
+                refused = recorder.in_flight_soon(second, "<b@x>", "not-theirs@example.com",
+                                                  may_receive=may_receive)
+                assert not refused()
+                recorder.skipped(second, "no_consent")
+                recorder.in_flight_soon(third, "<c@x>", emails[third.customer_id],
+                                        may_receive=may_receive)
+        assert state(merchant.id, first.id) == ("sent", False, ["sent"])
+        assert state(merchant.id, second.id) == ("skipped", False, ["skipped"])
+        assert state(merchant.id, third.id) == ("sending", True, [])

@@ -305,3 +305,95 @@ def test_bulk_message_ids_and_dates_match_the_one_off_ones(app, shop):
     assert parsed["Message-ID"] == new_message_id("m7.c3")
     sent_at = parsedate_to_datetime(parsed["Date"])
     assert abs((sent_at - parsedate_to_datetime(_message(shop)["Date"])).total_seconds()) <= 1
+
+
+@pytest.mark.parametrize("body", [
+    b"Subject: x\r\n\r\nplain\r\n", b".leading dot\r\n.\r\n..two\r\nmid.dot\r\n",
+    b"no final line break", b"",
+])
+def test_data_writes_what_smtplib_writes_and_works_before_the_reply(body):
+    """DATA split in two sends smtplib's very bytes (dot-stuffing, the final
+    line break and dot), and the caller's work runs after the message is written
+    and before the server's answer is read."""
+    from stampweb.messaging import transport
+
+    class Recording(smtplib.SMTP):
+        def __init__(self):
+            super().__init__()
+            self.wire = []
+
+        def putcmd(self, cmd, args=""):
+            self.wire.append(f"{cmd} {args}".strip())
+
+        def send(self, data):
+            self.wire.append(data)
+
+        def getreply(self):
+            self.wire.append("reply")
+            return (354, b"go on") if self.wire[-2] == "data" else (250, b"OK")
+
+    ours, theirs = Recording(), Recording()
+    assert transport._data(ours, body, lambda: ours.wire.append("meanwhile")) == (250, b"OK")
+    assert theirs.data(body) == (250, b"OK")
+    assert ours.wire == [*theirs.wire[:-1], "meanwhile", "reply"]
+
+
+@pytest.mark.integration
+def test_work_meanwhile_runs_while_the_server_reads_each_message(app, shop, smtp):
+    """connection.send(meanwhile=...) calls it once a message, after the ones
+    before it were answered, and before this message's own answer: a server
+    that never answers DATA still sees it run, and the send then times out as
+    maybe sent, as it would without it."""
+    seen = []
+    with tenant(shop.id), open_connection() as connection:
+        for n in range(3):
+            connection.send(_bulk(shop, to=f"g{n}@example.com", subject=f"No {n}"),
+                            meanwhile=lambda: seen.append(len(smtp.messages)))
+    assert [m.message["Subject"] for m in smtp.wait_for(3)] == ["No 0", "No 1", "No 2"]
+    assert len(seen) == 3 and all(n <= count <= n + 1 for n, count in enumerate(seen))
+
+    app.config["MAIL_TIMEOUT"] = 1
+    smtp.mode = "hang"
+    ran = []
+    with (tenant(shop.id), open_connection() as connection,
+          pytest.raises(TemporaryFailure) as caught):
+        connection.send(_bulk(shop), meanwhile=lambda: ran.append(True))
+    assert ran == [True] and caught.value.maybe_sent
+
+
+@pytest.mark.integration
+def test_before_data_can_withhold_a_message_after_mail_and_rcpt(app, shop, smtp):
+    """before_data() is asked once the server took MAIL and RCPT: False resets
+    the transaction, raises Withheld and delivers nothing, and the connection
+    goes on with the next message. A refused recipient leaves it unasked."""
+    from stampweb.messaging.transport import Withheld
+
+    asked = []
+    smtp.reject_addresses = {"gone@example.com"}
+    with tenant(shop.id), open_connection() as connection:
+        with pytest.raises(Withheld):
+            connection.send(_bulk(shop, to="held@example.com"),
+                            before_data=lambda: asked.append("held") or False)
+        with pytest.raises(PermanentFailure):
+            connection.send(_bulk(shop, to="gone@example.com"),
+                            before_data=lambda: asked.append("gone") or True)
+        connection.send(_bulk(shop, to="sent@example.com"),
+                        before_data=lambda: asked.append("sent") or True)
+        first_socket = connection._smtp.sock
+    assert asked == ["held", "sent"]
+    assert [m.rcpt_tos for m in smtp.wait_for(1)] == [("sent@example.com",)]
+    assert smtp.data_count == 1 and first_socket is not None
+
+
+def test_the_mailbox_asks_before_data_too(app, shop):
+    """Without MAIL_SERVER, a withheld message is not kept in the mailbox."""
+    from stampweb.messaging.transport import Withheld
+
+    with tenant(shop.id), open_connection() as connection:
+        with pytest.raises(Withheld):
+            connection.send(_bulk(shop, to="held@example.com"), before_data=lambda: False)
+        connection.send(_bulk(shop, to="kept@example.com"), before_data=lambda: True)
+    db.session.commit()  # end our read snapshot: the mailbox wrote on its own connection
+    with unscoped():
+        assert [m.to_address for m in db.session.scalars(select(MailboxMessage))] == [
+            "kept@example.com"]

@@ -9,12 +9,14 @@ of being sent a second time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from sqlalchemy import DateTime, String, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ..database import begin_write, is_postgres
@@ -183,6 +185,8 @@ class Recorder:
             connection = connection.execution_options(sqlite_immediate=True)
         self.connection = connection
         self._postgres = is_postgres()
+        # PostgreSQL: the driver's own cursor, prepared statements (_execute).
+        self._cursor = None
         # Statements are built once per shape with bound parameters: building
         # and cache-keying a new statement per row cost more than running it.
         self._statements: dict[tuple, list[tuple]] = {}
@@ -201,11 +205,21 @@ class Recorder:
         self._recipient_checks: dict[int, tuple] = {}
         # A message accepted by the server and not yet written `sent` (note_sent).
         self._accepted: tuple[Message, datetime] | None = None
+        # in_flight_soon()'s thread: one, so statements still run one at a time.
+        self._helper: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
         try:
+            if self._helper is not None:
+                # A statement still running (its caller failed before asking
+                # for it) finishes before anything else uses the connection.
+                self._helper.shutdown(wait=True)
+                self._helper = None
             self.flush()
         finally:
+            if self._cursor is not None:
+                self._cursor.close()
+                self._cursor = None
             self.connection.close()
 
     def __enter__(self) -> Recorder:
@@ -325,7 +339,7 @@ class Recorder:
         if self._postgres:
             # One statement (the event rides in it as a CTE), autocommitted.
             [(sql, constants)] = steps
-            changed = self.connection.exec_driver_sql(sql, {**constants, **bound}).rowcount
+            changed = self._execute(sql, {**constants, **bound})
         else:
             with self.connection.begin():
                 for update_row, log in steps:
@@ -340,6 +354,37 @@ class Recorder:
             for name, value in values.items():
                 set_committed_value(message, name, value)
         return changed
+
+    def _execute(self, sql: str, params: dict) -> int:
+        """PostgreSQL: run `sql` on the driver's cursor as a prepared statement; the rowcount.
+
+        exec_driver_sql() still built an execution context, a cursor and a
+        result per call: more of the worker's CPU than psycopg's own work.
+        Errors come out as SQLAlchemy's, as they would from exec_driver_sql(),
+        and a connection the driver reports lost is invalidated, not pooled.
+        With cursor-execute listeners on the engine it is exec_driver_sql().
+        """
+        dispatch = self.connection.dispatch
+        if dispatch.before_cursor_execute or dispatch.after_cursor_execute:
+            # Someone watches the statements (tracing, a test counting them):
+            # the full path, so they see this one too.
+            return self.connection.exec_driver_sql(sql, params).rowcount
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self.connection.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql, params, prepare=True)
+        except self._dbapi.Error as exc:
+            dialect = self.connection.dialect
+            if dialect.is_disconnect(exc, self.connection.connection.dbapi_connection, cursor):
+                self._cursor = None
+                self.connection.invalidate(exc)
+            raise DBAPIError.instance(sql, params, exc, self._dbapi.Error) from exc
+        return cursor.rowcount
+
+    @property
+    def _dbapi(self):
+        return self.connection.dialect.loaded_dbapi
 
     def note_sent(self, message: Message, now: datetime | None = None) -> None:
         """The server accepted `message`: it is written `sent` by the next statement.
@@ -377,6 +422,27 @@ class Recorder:
         params = {"c_lease": message.lease_until, "c_now": now, "c_to": to_address}
         return self._apply(message, values, None, None, conditions, params,
                            with_sent=True) == 1
+
+    def in_flight_soon(self, message: Message, message_id: str, to_address: str, *,
+                       may_receive=None) -> Callable[[], bool]:
+        """in_flight(), begun now; the function returned waits for it and gives its result.
+
+        On PostgreSQL the statement runs on a helper thread while the caller
+        does what needs no database (SMTP's MAIL and RCPT, which deliver
+        nothing), so the worker does not wait for the database and then for
+        the mail server in turn. The caller must have the result before the
+        message's DATA and before it uses this recorder or `message` again;
+        asking twice gives the same answer (or raises the same error).
+        On SQLite (one connection, one thread) it runs here and now.
+        """
+        if not self._postgres:
+            went = self.in_flight(message, message_id, to_address, may_receive=may_receive)
+            return lambda: went
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(max_workers=1,
+                                              thread_name_prefix="outbox-recorder")
+        return self._helper.submit(self.in_flight, message, message_id, to_address,
+                                   may_receive=may_receive).result
 
     def _recipient_check(self, may_receive):
         known = self._recipient_checks.get(id(may_receive))

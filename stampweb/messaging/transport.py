@@ -77,6 +77,10 @@ class PermanentFailure(TransportError):
         self.recipient = recipient
 
 
+class Withheld(TransportError):
+    """The caller's `before_data()` said no: the transaction was reset before DATA."""
+
+
 class _StaleConnection(Exception):
     """The server had closed the connection before our MAIL command."""
 
@@ -287,8 +291,10 @@ def _envelope_sender(msg: EmailMessage) -> str:
 class MailboxConnection:
     """The development mailbox: every message becomes a MailboxMessage row."""
 
-    def send(self, msg: EmailMessage | RawMessage) -> None:
+    def send(self, msg: EmailMessage | RawMessage, meanwhile=None, before_data=None) -> None:
         merchant_id = require_tenant()
+        if before_data is not None and not before_data():
+            raise Withheld("withheld before DATA")
         if isinstance(msg, RawMessage):
             raw, recipients, subject, message_id = (
                 msg.data, list(msg.recipients), msg.subject, msg.message_id)
@@ -306,6 +312,8 @@ class MailboxConnection:
                     created_at=utcnow(),
                 )
             )
+        if meanwhile is not None:
+            meanwhile()
 
     def close(self) -> None:
         pass
@@ -361,7 +369,17 @@ class SmtpConnection:
                 raise TemporaryFailure(str(exc)) from exc
         return self._dkim_key
 
-    def send(self, msg: EmailMessage | RawMessage) -> None:
+    def send(self, msg: EmailMessage | RawMessage, meanwhile=None, before_data=None) -> None:
+        """Send one message; raise PermanentFailure or TemporaryFailure if it fails.
+
+        `before_data()`, if given, is asked once the server has taken MAIL and
+        RCPT, before DATA, when nothing can have been delivered yet: False
+        resets the transaction and raises Withheld. A failure before that
+        point leaves it unasked. `meanwhile()`, if given, is called once the
+        whole message is on the wire and before the server's answer to it is
+        read: the caller's own work (the next message) overlaps the
+        server's. It must not raise.
+        """
         recipients = list(msg.recipients) if isinstance(msg, RawMessage) else _recipients(msg)
         if not recipients:
             raise PermanentFailure("message has no recipient")
@@ -376,7 +394,7 @@ class SmtpConnection:
         if self._smtp is None:
             self._smtp = self._connect()
         try:
-            self._transaction(self._smtp, msg, recipients)
+            self._transaction(self._smtp, msg, recipients, meanwhile, before_data)
         except _StaleConnection:
             # The server closed an idle connection before this message began:
             # nothing was sent, so one fresh connection may try again.
@@ -384,15 +402,16 @@ class SmtpConnection:
             if not reused:
                 raise TemporaryFailure("connection closed before MAIL") from None
             self._smtp = self._connect()
-            self._send_once_more(msg, recipients)
+            self._send_once_more(msg, recipients, meanwhile, before_data)
         except TemporaryFailure as exc:
             if exc.code is None:  # the connection itself failed
                 self._drop()
             raise
 
-    def _send_once_more(self, msg: EmailMessage | RawMessage, recipients: list[str]) -> None:
+    def _send_once_more(self, msg: EmailMessage | RawMessage, recipients: list[str],
+                        meanwhile=None, before_data=None) -> None:
         try:
-            self._transaction(self._smtp, msg, recipients)
+            self._transaction(self._smtp, msg, recipients, meanwhile, before_data)
         except _StaleConnection:
             self._drop()
             raise TemporaryFailure("connection closed before MAIL") from None
@@ -402,7 +421,7 @@ class SmtpConnection:
             raise
 
     def _transaction(self, smtp: smtplib.SMTP, msg: EmailMessage | RawMessage,
-                     recipients: list[str]) -> None:
+                     recipients: list[str], meanwhile=None, before_data=None) -> None:
         if isinstance(msg, RawMessage):
             # ASCII headers and quoted-printable bodies: 7-bit clean as it is.
             sender, options, data = msg.sender, [], msg.data
@@ -431,8 +450,11 @@ class SmtpConnection:
                 self._reset(smtp)
                 recipient, (code, reply) = next(iter(refused.items()))
                 _raise_for_code(f"recipient refused: {code} {reply!r}", code, recipient)
+            if before_data is not None and not before_data():
+                self._reset(smtp)
+                raise Withheld("withheld before DATA")
             stage = "DATA"
-            code, reply = smtp.data(data)
+            code, reply = _data(smtp, data, meanwhile)
             if code != 250:
                 self._reset(smtp)
                 _raise_for_code(f"message refused: {code} {reply!r}", code, recipients[0])
@@ -482,6 +504,34 @@ def _rcpt(smtp: smtplib.SMTP, recipient: str) -> tuple[int, bytes]:
     return smtp.getreply()
 
 
+# A line that starts with a dot gets a second one (RFC 5321 4.5.2), as smtplib does.
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _data(smtp: smtplib.SMTP, data: bytes, meanwhile=None) -> tuple[int, bytes]:
+    """smtp.data() for CRLF bytes, calling `meanwhile()` before reading the final reply.
+
+    smtplib's data() writes the message and waits for the answer in one call,
+    so a worker would sit idle while the server reads the message; here the
+    caller's work goes in between. The bytes on the wire are smtplib's.
+    """
+    smtp.putcmd("data")
+    code, reply = smtp.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    quoted = _LEADING_DOT.sub(b"..", data)
+    if quoted[-2:] != b"\r\n":
+        quoted += b"\r\n"
+    smtp.send(quoted + b".\r\n")
+    if meanwhile is not None:
+        try:
+            meanwhile()
+        finally:
+            code, reply = smtp.getreply()
+        return code, reply
+    return smtp.getreply()
+
+
 def _raise_for_code(message: str, code: int, recipient: str | None) -> None:
     if 500 <= code < 600:
         raise PermanentFailure(message, code=code, recipient=recipient)
@@ -506,6 +556,7 @@ __all__ = [
     "RawMessage",
     "TemporaryFailure",
     "TransportError",
+    "Withheld",
     "build_message",
     "clean_header",
     "new_message_id",
