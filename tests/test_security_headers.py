@@ -144,6 +144,29 @@ def test_the_staff_page_still_stamps_after_eight_hours_idle(app, client, shop, m
     assert "Stamped: 1 of" in response.text
 
 
+def _staff_on_an_app_with_a_csrf_time_limit(tmp_path, slug: str):
+    """(an app whose CSRF tokens expire after an hour, its logged-in staff client, a card code)."""
+    application = create_app(unit_config(tmp_path, WTF_CSRF_TIME_LIMIT=3600))
+    with application.app_context():
+        db.create_all()
+        merchant = gen_merchant(slug)
+        gen_user(merchant, "staff", f"staff@{slug}.test")
+        code = card_of(gen_customer(merchant)).code
+    client = application.test_client()
+    login(client, f"staff@{slug}.test")
+    return application, client, code
+
+
+def test_an_expiring_token_would_have_been_caught(tmp_path, monkeypatch):
+    """The test above can fail: with a one-hour CSRF limit the same tap is refused."""
+    _app, client, code = _staff_on_an_app_with_a_csrf_time_limit(tmp_path, "hour")
+    token = csrf_token_from(client.get(f"/staff/card/{code}").text)
+    later = int(time.time()) + 8 * 3600
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: later)
+    response = client.post(f"/staff/card/{code}/stamp", headers={**HTMX, "X-CSRFToken": token})
+    assert response.status_code == 400
+
+
 def test_the_answer_to_a_checked_post_carries_the_token_it_checked(app, client, shop,
                                                                     tmp_path):
     """A stamp's answer holds the card's forms: they carry the token the stamp was sent
@@ -165,14 +188,7 @@ def test_the_answer_to_a_checked_post_carries_the_token_it_checked(app, client, 
     assert client.post(f"/staff/card/{shop['code']}/stamp",
                        headers={**HTMX, "X-CSRFToken": token[:-2] + "xx"}).status_code == 400
 
-    limited = create_app(unit_config(tmp_path, WTF_CSRF_TIME_LIMIT=3600))
-    with limited.app_context():
-        db.create_all()
-        merchant = gen_merchant("limited")
-        gen_user(merchant, "staff", "staff@limited.test")
-        code = card_of(gen_customer(merchant)).code
-    other = limited.test_client()
-    login(other, "staff@limited.test")
+    limited, other, code = _staff_on_an_app_with_a_csrf_time_limit(tmp_path, "limited")
     token = csrf_token_from(other.get(f"/staff/card/{code}").text)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(TimestampSigner, "get_timestamp", lambda self: later)
@@ -181,23 +197,6 @@ def test_the_answer_to_a_checked_post_carries_the_token_it_checked(app, client, 
     assert token not in answer.text
     with limited.app_context():
         db.engine.dispose()
-
-
-def test_an_expiring_token_would_have_been_caught(tmp_path, monkeypatch):
-    """The test above can fail: with a one-hour CSRF limit the same tap is refused."""
-    application = create_app(unit_config(tmp_path, WTF_CSRF_TIME_LIMIT=3600))
-    with application.app_context():
-        db.create_all()
-        merchant = gen_merchant("hour")
-        gen_user(merchant, "staff", "staff@hour.test")
-        code = card_of(gen_customer(merchant)).code
-    client = application.test_client()
-    login(client, "staff@hour.test")
-    token = csrf_token_from(client.get(f"/staff/card/{code}").text)
-    later = int(time.time()) + 8 * 3600
-    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: later)
-    response = client.post(f"/staff/card/{code}/stamp", headers={**HTMX, "X-CSRFToken": token})
-    assert response.status_code == 400
 
 
 @pytest.mark.parametrize("header", [None, "", "not-a-token", "forged.token.value"])
