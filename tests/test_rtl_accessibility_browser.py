@@ -129,6 +129,13 @@ def cafe(app):
         return merchant
 
 
+def _works_in(app, email: str, locale: str) -> None:
+    """The merchant user `email` chooses `locale` for the admin and staff pages."""
+    with app.app_context(), unscoped():
+        db.session.query(User).filter_by(email=email).one().locale = locale
+        db.session.commit()
+
+
 def _member(app, merchant, locale: str):
     with app.app_context():
         customer = gen_customer(merchant, first_name="Ada", locale=locale,
@@ -156,9 +163,7 @@ def test_customer_pages_mirror_right_to_left(app, cafe, live_server, new_page, l
 @pytest.mark.parametrize("locale", ["he", "fa"])
 def test_staff_pages_mirror_right_to_left(app, cafe, live_server, new_page, locale):
     """The stamping page and a card on it, for a barista who works in he or fa."""
-    with app.app_context(), unscoped():
-        db.session.query(User).filter_by(email="staff@cafe.test").one().locale = locale
-        db.session.commit()
+    _works_in(app, "staff@cafe.test", locale)
     urls = _member(app, cafe, "en")
     server = live_server(app)
     page = new_page("phone")
@@ -193,9 +198,7 @@ def test_customer_and_staff_pages_in_english_have_tap_targets_and_focus(app, caf
 @pytest.mark.parametrize("device, locale", [("desktop", "en"), ("phone", "he"), ("desktop", "fa")])
 def test_the_campaign_builder_passes_axe(app, cafe, live_server, new_page, device, locale):
     """The builder, with its per-language sections, in both directions."""
-    with app.app_context(), unscoped():
-        db.session.query(User).filter_by(email="owner@cafe.test").one().locale = locale
-        db.session.commit()
+    _works_in(app, "owner@cafe.test", locale)
     server = live_server(app)
     page = new_page(device)
     login_in_browser(page, server.url, "owner@cafe.test")
@@ -223,9 +226,7 @@ def test_the_campaign_builder_passes_axe(app, cafe, live_server, new_page, devic
 
 def test_an_automations_message_editor_passes_axe_in_hebrew(app, cafe, live_server, new_page):
     """The automation editor with a language version open, right to left on a phone."""
-    with app.app_context(), unscoped():
-        db.session.query(User).filter_by(email="owner@cafe.test").one().locale = "he"
-        db.session.commit()
+    _works_in(app, "owner@cafe.test", "he")
     server = live_server(app)
     page = new_page("phone")
     login_in_browser(page, server.url, "owner@cafe.test")
@@ -243,9 +244,8 @@ def test_the_activity_log_reads_on_a_phone_in_persian(app, cafe, live_server, ne
     with app.app_context():
         merchant_id = cafe.id
         member = _member(app, cafe, "fa")
+        _works_in(app, "owner@cafe.test", "fa")
         with unscoped():
-            owner = db.session.query(User).filter_by(email="owner@cafe.test").one()
-            owner.locale = "fa"
             staff_id = db.session.query(User).filter_by(email="staff@cafe.test").one().id
             card = db.session.query(Card).filter_by(code=member["code"]).one()
             card_id, customer_id = card.id, card.customer_id
