@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import event
+from sqlalchemy import any_, bindparam, event
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 
 from .extensions import db
@@ -145,6 +146,19 @@ def is_postgres() -> bool:
 
 def is_sqlite() -> bool:
     return db.engine.dialect.name == "sqlite"
+
+
+def among(column, values):
+    """`column IN values` for a long list (a send batch's thousand ids).
+
+    On PostgreSQL it is `column = ANY(:array)`, one parameter: an IN list is
+    one placeholder per value, and psycopg re-parses such a statement on
+    every call (it caches only short ones), which cost a send batch a tenth
+    of its CPU. SQLite has no arrays, and its IN is cheap.
+    """
+    if is_postgres():
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 _writer_threads = threading.Lock()

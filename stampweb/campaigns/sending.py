@@ -25,7 +25,7 @@ from markupsafe import escape
 from sqlalchemy import select
 
 from .. import links
-from ..database import begin_write
+from ..database import among, begin_write
 from ..extensions import db
 from ..messaging import eligibility, transport
 from ..models import Card, Customer, Merchant, Program, utcnow
@@ -286,13 +286,13 @@ class _Audience:
         ids = sorted({cid for cid in customer_ids if cid is not None})
         self.customers: dict[int, Customer] = {
             c.id: c for c in db.session.scalars(
-                select(Customer).where(Customer.id.in_(ids))
+                select(Customer).where(among(Customer.id, ids))
                 .execution_options(populate_existing=True))
         } if ids else {}
         self.cards: dict[int, Card] = {}
         if ids:
             for card in db.session.scalars(
-                select(Card).where(Card.customer_id.in_(ids)).order_by(Card.id)
+                select(Card).where(among(Card.customer_id, ids)).order_by(Card.id)
             ):
                 self.cards.setdefault(card.customer_id, card)
         self.recent = (eligibility.recent_counts(ids, utcnow())

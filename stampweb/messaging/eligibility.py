@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, and_, func, select
 
+from ..database import among
 from ..extensions import db
 from ..models import CONSENT_GRANTED, Customer, Merchant
 from ..models.campaigns import (
@@ -90,7 +91,7 @@ def recent_counts(customer_ids: list[int], now: datetime) -> dict[int, int]:
         return {}
     rows = db.session.execute(
         select(Message.customer_id, func.count(Message.id))
-        .where(Message.customer_id.in_(customer_ids), Message.status == MSG_SENT,
+        .where(among(Message.customer_id, customer_ids), Message.status == MSG_SENT,
                Message.sent_at >= now - FREQUENCY_WINDOW)
         .group_by(Message.customer_id)
     ).all()
