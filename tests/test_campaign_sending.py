@@ -277,6 +277,31 @@ def test_the_next_message_is_built_while_one_is_sent_unless_building_writes(
     assert mailbox == emails
 
 
+def test_a_batch_finishes_with_none_of_its_rows_in_the_session(app, monkeypatch):
+    """The session holds loaded rows weakly: by the time the batch checks whether
+    the campaign is done, its messages, customers and cards (a thousand each in
+    a real batch) are gone from it, so that check's commit has none to expire."""
+    held = []
+    finish_if_done = sending.finish_if_done
+
+    def noting_what_is_held(campaign_id):
+        held.extend(type(obj).__name__ for obj in db.session.identity_map.values())
+        return finish_if_done(campaign_id)
+
+    monkeypatch.setattr(sending, "finish_if_done", noting_what_is_held)
+    with app.app_context():
+        merchant = gen_merchant()
+        mid = merchant.id
+        opted_in(merchant, 3)
+        campaign_id = make_campaign(mid)
+        with tenant(mid):
+            sending.start(campaign_id)
+            sending.fanout(campaign_id)
+            ids = list(db.session.scalars(select(Message.id)))
+            assert sending.send_batch(campaign_id, ids)["sent"] == 3
+    assert held and not set(held) & {"Message", "Customer", "Card"}, held
+
+
 # --- integration: real SMTP, Redis, PostgreSQL and workers ----------------------
 
 

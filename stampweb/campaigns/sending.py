@@ -247,31 +247,43 @@ def send_batch(campaign_id: int, message_ids: list[int]) -> dict[str, int]:
     # a direct query.
     session.expire_on_commit = False
     try:
-        claimed = outbox.claim(message_ids)
-        if not claimed:
-            return outcome
-        campaign = _load_campaign(campaign_id)
-        merchant = db.session.get(Merchant, campaign.merchant_id)
-        program = db.session.scalar(select(Program).where(Program.merchant_id == merchant.id))
-        audience = _Audience([m.customer_id for m in claimed], merchant)
-        email_rows = [m for m in claimed if m.channel == "email"]
-        wallet_rows = [m for m in claimed if m.channel == "wallet"]
-        handed_on = False
-        with outbox.Recorder() as recorder:
-            if email_rows:
-                emails = _Emails(campaign, merchant, program)
-                handed_on = _send_emails(emails, audience, recorder, email_rows, outcome)
-            compiled: dict[str, rendering.CompiledContent] = {}
-            for message in wallet_rows:
-                _send_wallet(campaign, merchant, program, message, audience, recorder,
-                             compiled, outcome)
+        claimed_any, handed_on = _send_claimed(campaign_id, message_ids, outcome)
     finally:
         session.expire_on_commit = expire_on_commit
+    if not claimed_any:
+        return outcome
+    # The batch's messages, customers and cards went with _send_claimed's
+    # frame (the session holds them weakly), so the commits below, which
+    # expire what the session holds, do not walk three thousand objects.
     if handed_on:
         enqueue_due(campaign_id, _stale_window())
     _auto_pause_on_error_burst(campaign_id, outcome)
     finish_if_done(campaign_id)
     return outcome
+
+
+def _send_claimed(campaign_id: int, message_ids: list[int],
+                  outcome: dict[str, int]) -> tuple[bool, bool]:
+    """Claim and send; (whether anything was claimed, whether rows were handed on)."""
+    claimed = outbox.claim(message_ids)
+    if not claimed:
+        return False, False
+    campaign = _load_campaign(campaign_id)
+    merchant = db.session.get(Merchant, campaign.merchant_id)
+    program = db.session.scalar(select(Program).where(Program.merchant_id == merchant.id))
+    audience = _Audience([m.customer_id for m in claimed], merchant)
+    email_rows = [m for m in claimed if m.channel == "email"]
+    wallet_rows = [m for m in claimed if m.channel == "wallet"]
+    handed_on = False
+    with outbox.Recorder() as recorder:
+        if email_rows:
+            emails = _Emails(campaign, merchant, program)
+            handed_on = _send_emails(emails, audience, recorder, email_rows, outcome)
+        compiled: dict[str, rendering.CompiledContent] = {}
+        for message in wallet_rows:
+            _send_wallet(campaign, merchant, program, message, audience, recorder,
+                         compiled, outcome)
+    return True, handed_on
 
 
 class _Audience:
