@@ -21,6 +21,8 @@ def test_bulk_links_are_the_same_tokens(app, monkeypatch, channel, customer_id, 
         bulk = links.BulkLinks(channel)
         assert bulk.unsubscribe_url(customer) == links.unsubscribe_url(customer, channel)
         assert bulk.prefs_url(customer) == links.prefs_url(customer)
+        card = SimpleNamespace(token=f"card-token-{customer_id}")
+        assert bulk.card_url(card) == links.card_url(card)
         token = bulk.unsubscribe_url(customer).rsplit("/", 1)[1]
         assert links.verify_unsubscribe_token(token) == links.LinkTarget(
             customer_id, merchant_id, channel)

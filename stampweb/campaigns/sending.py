@@ -378,6 +378,7 @@ class _Emails:
         self.shells: dict[str, tuple[rendering.TemplateShells, rendering.TemplateShells]] = {}
         self.host = links.absolute("/").split("://", 1)[-1].strip("/").split("/")[0].split(":")[0]
         self.links = links.BulkLinks(self.unsubscribe_channel)
+        self.home_url = links.absolute("/")
         self.composer = transport.BulkComposer(merchant, {
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             "List-Id": f"{rendering.single_line(merchant.name)} <{merchant.slug}.{self.host}>",
@@ -407,7 +408,7 @@ class _Emails:
         """The email for this row (a RawMessage, or an EmailMessage for a non-ASCII address)."""
         content = _content_for(self.campaign, self.merchant, customer, self.compiled)
         voucher_code = _issue_voucher(self.campaign, message, customer, card)
-        card_url = links.card_url(card) if card else links.absolute("/")
+        card_url = self.links.card_url(card) if card else self.home_url
         values = rendering.recipient_values(customer, card, self.program,
                                             voucher_code=voucher_code, card_url=card_url)
         unsubscribe = self.links.unsubscribe_url(customer)
