@@ -6,8 +6,15 @@ bench/campaign.py measures the whole pipeline, which the machine's load
 distorts; this measures the part the worker spends per message, which does
 not depend on load: `sending.send_batch()` called in-process on PostgreSQL
 (tests/servers.py, fsync off) against the same lean SMTP sink in its own
-process. It prints the process CPU milliseconds per message (time.process_time),
-then cProfile's top functions by cumulative and by own time for one batch.
+process. It prints the CPU milliseconds per message of this process
+(time.process_time), of PostgreSQL and of the sink, then cProfile's top
+functions by cumulative and by own time for one batch.
+
+This machine's speed drifts by a third from one minute to the next (other
+tenants of the host), and every process's CPU time drifts with it. The sink
+does the same work per message whatever the code under test does, so
+worker/sink and postgres/sink are the figures to compare between two
+versions: run them alternately, a few times each.
 """
 
 from __future__ import annotations
@@ -25,7 +32,14 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from bench.campaign import Backends, Sink, migrated_app, process_env, seed  # noqa: E402
+from bench.campaign import (  # noqa: E402
+    Backends,
+    Sink,
+    migrated_app,
+    process_env,
+    seed,
+    tree_cpu_s,
+)
 
 
 def main() -> None:
@@ -46,7 +60,7 @@ def main() -> None:
         customers = args.batch * (args.batches + 2)
         merchant_id, campaign_id = seed(app, customers)
         with app.app_context():
-            run(app, merchant_id, campaign_id, args, sink)
+            run(app, merchant_id, campaign_id, args, sink, backends.pids()["postgres"][0])
     finally:
         if sink is not None:
             sink.stop()
@@ -54,8 +68,8 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(app, merchant_id: int, campaign_id: int, args, sink) -> None:
-    from sqlalchemy import select
+def run(app, merchant_id: int, campaign_id: int, args, sink, postgres_pid: int) -> None:
+    from sqlalchemy import select, text
 
     from stampweb.campaigns import outbox, sending
     from stampweb.extensions import db
@@ -73,6 +87,9 @@ def run(app, merchant_id: int, campaign_id: int, args, sink) -> None:
         db.session.commit()
         ids = list(db.session.scalars(
             select(Message.id).where(Message.campaign_id == campaign_id).order_by(Message.id)))
+        # Statistics, as autovacuum gathers them a minute into a real campaign.
+        db.session.execute(text("ANALYZE"))
+        db.session.commit()
         db.session.close()
         batches = [ids[i:i + args.batch] for i in range(0, len(ids), args.batch)]
 
@@ -99,6 +116,7 @@ def run(app, merchant_id: int, campaign_id: int, args, sink) -> None:
 
         cpu = wall = 0.0
         sent = 0
+        postgres_cpu, sink_cpu = tree_cpu_s(postgres_pid), tree_cpu_s(sink.pid)
         for batch in batches[1:1 + args.batches]:
             c0, w0 = time.process_time(), time.perf_counter()
             outcome = sending.send_batch(campaign_id, batch)
@@ -106,9 +124,14 @@ def run(app, merchant_id: int, campaign_id: int, args, sink) -> None:
             wall += time.perf_counter() - w0
             sent += outcome["sent"]
             db.session.close()
+        postgres_cpu = tree_cpu_s(postgres_pid) - postgres_cpu
+        sink_cpu = tree_cpu_s(sink.pid) - sink_cpu
         print(f"{sent} messages in {args.batches} batches of {args.batch}: "
               f"{cpu / sent * 1000:.2f} ms CPU/msg, {wall / sent * 1000:.2f} ms wall/msg "
               f"({sent / wall:.0f} msg/s for one process)")
+        print(f"CPU per message: this process {cpu / sent * 1000:.3f} ms, PostgreSQL "
+              f"{postgres_cpu / sent * 1000:.3f} ms, sink {sink_cpu / sent * 1000:.3f} ms; "
+              f"worker/sink {cpu / sink_cpu:.3f}, postgres/sink {postgres_cpu / sink_cpu:.3f}")
 
         profile = cProfile.Profile(time.process_time)
         batch = batches[1 + args.batches]
