@@ -3,6 +3,8 @@ what happened to each, on real SMTP, Redis, PostgreSQL and worker processes."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 from rq import SimpleWorker
 from sqlalchemy import func, select
@@ -10,7 +12,7 @@ from sqlalchemy import func, select
 from stampweb.campaigns import outbox, rendering, sending
 from stampweb.extensions import db, redis_client
 from stampweb.models import CONSENT_GRANTED, Customer, utcnow
-from stampweb.models.campaigns import Campaign, Message
+from stampweb.models.campaigns import Campaign, Message, MessageEvent
 from stampweb.tasks.queues import QUEUES, get_queue, set_worker_app
 from stampweb.tenancy import tenant
 
@@ -155,7 +157,8 @@ def test_frequency_cap_skips_the_extra_message(app):
 
 def test_wallet_channel_is_never_a_silent_success(app):
     with app.app_context():
-        merchant = gen_merchant()
+        # No quiet hours: at night (21:00-09:00 by default) the push would wait.
+        merchant = gen_merchant(quiet_hours_start=0, quiet_hours_end=0)
         mid = merchant.id
         gen_customer(merchant, wallet_consent=CONSENT_GRANTED)
         campaign_id = make_campaign(mid, wallet_text="Two for one today")
@@ -167,6 +170,63 @@ def test_wallet_channel_is_never_a_silent_success(app):
     with app.app_context():
         [(_, status, reason)] = outbox_rows(mid, campaign_id)
         assert status == "skipped" and reason in ("wallet_not_configured", "no_device")
+
+
+def test_quiet_hours_hold_a_wallet_push_until_morning(app):
+    """Whatever the hour the test runs, the shop's quiet hours are set to cover it:
+    the push goes back to pending, due when they end, and the attempt is not counted."""
+    now = utcnow()
+    start, end = now.hour, (now.hour + 2) % 24
+    with app.app_context():
+        merchant = gen_merchant(quiet_hours_start=start, quiet_hours_end=end)
+        mid = merchant.id
+        gen_customer(merchant, wallet_consent=CONSENT_GRANTED)
+        campaign_id = make_campaign(mid, wallet_text="Two for one today")
+        with tenant(mid):
+            db.session.get(Campaign, campaign_id).channels = "wallet"
+            db.session.commit()
+            sending.start(campaign_id)
+    run_jobs_inline(app)
+    with app.app_context(), tenant(mid):
+        message = db.session.scalars(select(Message)).one()
+        events = [e.status for e in db.session.scalars(
+            select(MessageEvent).where(MessageEvent.message_id == message.id))]
+        assert (message.status, message.attempts) == ("pending", 0)
+        morning = now.replace(hour=end, minute=0, second=0, microsecond=0)
+        if morning <= now:
+            morning += timedelta(days=1)
+        assert message.next_attempt_at == morning
+        assert "deferred" in events
+        assert db.session.get(Campaign, campaign_id).status == "sending"
+
+
+@pytest.mark.parametrize("now_utc, expected", [
+    # Tehran is UTC+3:30: 18:00 UTC is 21:30 there, quiet until 09:00 (05:30 UTC).
+    (datetime(2026, 11, 23, 18, 0), datetime(2026, 11, 24, 5, 30)),
+    # 02:00 UTC is 05:30 there: still quiet, the same morning.
+    (datetime(2026, 11, 24, 2, 0), datetime(2026, 11, 24, 5, 30)),
+    # 06:00 UTC is 09:30 there: pushes may go.
+    (datetime(2026, 11, 24, 6, 0), None),
+    # 17:29 UTC is 20:59 there: not yet quiet.
+    (datetime(2026, 11, 23, 17, 29), None),
+])
+def test_quiet_hours_follow_the_shops_time_zone(now_utc, expected):
+    from types import SimpleNamespace
+
+    from stampweb.messaging import eligibility
+
+    shop = SimpleNamespace(timezone="Asia/Tehran", quiet_hours_start=21, quiet_hours_end=9)
+    assert eligibility.quiet_until(shop, now_utc) == expected
+
+
+def test_equal_quiet_hours_mean_none():
+    from types import SimpleNamespace
+
+    from stampweb.messaging import eligibility
+
+    shop = SimpleNamespace(timezone="UTC", quiet_hours_start=0, quiet_hours_end=0)
+    for hour in range(24):
+        assert eligibility.quiet_until(shop, datetime(2026, 11, 23, hour, 30)) is None
 
 
 def test_pause_releases_and_cancel_skips(app):
