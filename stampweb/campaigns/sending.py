@@ -51,12 +51,12 @@ from . import audiences, outbox, rendering
 # opt-in instead of marketing consent.
 REMINDER_KINDS = frozenset({"reward_ready", "voucher_expiry", "tag_notify"})
 
-# Rows per send job: each job forks a work-horse, opens its connections and
-# compiles its statements and templates afresh (~0.2 s of CPU), so bigger
-# batches amortise that (bench/campaign.py: worker CPU per message 1.82 ms at
-# 500 rows, 1.61 ms at 1000); a batch still ends within seconds, well inside
-# the lease and the job timeout.
-SEND_BATCH_SIZE = 1000
+# Rows per send job: a few hundred (DESIGN.md), so a job ends within a few
+# seconds, well inside the lease and the job timeout, and a lost job or a
+# pause leaves little in between. Each job forks a work-horse that opens its
+# connections and compiles its statements afresh (~0.15 s of CPU,
+# bench/send_batch_profile.py), 0.3 ms a message at this size.
+SEND_BATCH_SIZE = 500
 STATUS_CHECK_SECONDS = 1.0
 FANOUT_BATCH_SIZE = 1000
 # Auto-pause when a batch goes this badly (listmonk's error-threshold idea).
