@@ -4,6 +4,7 @@ what happened to each, on real SMTP, Redis, PostgreSQL and worker processes."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from rq import SimpleWorker
@@ -11,6 +12,7 @@ from sqlalchemy import func, select
 
 from stampweb.campaigns import outbox, rendering, sending
 from stampweb.extensions import db, redis_client
+from stampweb.messaging import eligibility
 from stampweb.models import CONSENT_GRANTED, Customer, utcnow
 from stampweb.models.campaigns import Campaign, Message, MessageEvent
 from stampweb.tasks.queues import QUEUES, get_queue, set_worker_app
@@ -155,10 +157,11 @@ def test_frequency_cap_skips_the_extra_message(app):
         assert outbox_rows(mid, second) == [(customer_id, "skipped", "capped")]
 
 
-def test_wallet_channel_is_never_a_silent_success(app):
+def sent_wallet_campaign(app, **merchant_settings) -> tuple[int, int]:
+    """A wallet-only campaign to one consenting customer, started and its jobs run:
+    (merchant id, campaign id)."""
     with app.app_context():
-        # No quiet hours: at night (21:00-09:00 by default) the push would wait.
-        merchant = gen_merchant(quiet_hours_start=0, quiet_hours_end=0)
+        merchant = gen_merchant(**merchant_settings)
         mid = merchant.id
         gen_customer(merchant, wallet_consent=CONSENT_GRANTED)
         campaign_id = make_campaign(mid, wallet_text="Two for one today")
@@ -167,6 +170,12 @@ def test_wallet_channel_is_never_a_silent_success(app):
             db.session.commit()
             sending.start(campaign_id)
     run_jobs_inline(app)
+    return mid, campaign_id
+
+
+def test_wallet_channel_is_never_a_silent_success(app):
+    # No quiet hours: at night (21:00-09:00 by default) the push would wait.
+    mid, campaign_id = sent_wallet_campaign(app, quiet_hours_start=0, quiet_hours_end=0)
     with app.app_context():
         [(_, status, reason)] = outbox_rows(mid, campaign_id)
         assert status == "skipped" and reason in ("wallet_not_configured", "no_device")
@@ -176,17 +185,9 @@ def test_quiet_hours_hold_a_wallet_push_until_morning(app):
     """Whatever the hour the test runs, the shop's quiet hours are set to cover it:
     the push goes back to pending, due when they end, and the attempt is not counted."""
     now = utcnow()
-    start, end = now.hour, (now.hour + 2) % 24
-    with app.app_context():
-        merchant = gen_merchant(quiet_hours_start=start, quiet_hours_end=end)
-        mid = merchant.id
-        gen_customer(merchant, wallet_consent=CONSENT_GRANTED)
-        campaign_id = make_campaign(mid, wallet_text="Two for one today")
-        with tenant(mid):
-            db.session.get(Campaign, campaign_id).channels = "wallet"
-            db.session.commit()
-            sending.start(campaign_id)
-    run_jobs_inline(app)
+    end = (now.hour + 2) % 24
+    mid, campaign_id = sent_wallet_campaign(app, quiet_hours_start=now.hour,
+                                            quiet_hours_end=end)
     with app.app_context(), tenant(mid):
         message = db.session.scalars(select(Message)).one()
         events = [e.status for e in db.session.scalars(
@@ -211,19 +212,11 @@ def test_quiet_hours_hold_a_wallet_push_until_morning(app):
     (datetime(2026, 11, 23, 17, 29), None),
 ])
 def test_quiet_hours_follow_the_shops_time_zone(now_utc, expected):
-    from types import SimpleNamespace
-
-    from stampweb.messaging import eligibility
-
     shop = SimpleNamespace(timezone="Asia/Tehran", quiet_hours_start=21, quiet_hours_end=9)
     assert eligibility.quiet_until(shop, now_utc) == expected
 
 
 def test_equal_quiet_hours_mean_none():
-    from types import SimpleNamespace
-
-    from stampweb.messaging import eligibility
-
     shop = SimpleNamespace(timezone="UTC", quiet_hours_start=0, quiet_hours_end=0)
     for hour in range(24):
         assert eligibility.quiet_until(shop, datetime(2026, 11, 23, hour, 30)) is None

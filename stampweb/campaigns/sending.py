@@ -376,9 +376,9 @@ class _Emails:
         self.builds_without_writing = not campaign.voucher_title
         self.compiled: dict[str, rendering.CompiledContent] = {}
         self.shells: dict[str, tuple[rendering.TemplateShells, rendering.TemplateShells]] = {}
-        self.host = links.absolute("/").split("://", 1)[-1].strip("/").split("/")[0].split(":")[0]
-        self.links = links.BulkLinks(self.unsubscribe_channel)
         self.home_url = links.absolute("/")
+        self.host = self.home_url.split("://", 1)[-1].strip("/").split("/")[0].split(":")[0]
+        self.links = links.BulkLinks(self.unsubscribe_channel)
         self.composer = transport.BulkComposer(merchant, {
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             "List-Id": f"{rendering.single_line(merchant.name)} <{merchant.slug}.{self.host}>",
